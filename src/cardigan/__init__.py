@@ -1,0 +1,10 @@
+"""cardiGAN: synthetic labelled echocardiograms from CAMUS with a SPADE GAN."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("cardigan")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__"]

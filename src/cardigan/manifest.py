@@ -1,0 +1,39 @@
+"""The run manifest: every declared output with its sha256, plus the config hash."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    return [path]
+
+
+def write_manifest(outputs: Iterable[str | Path], config_hash: str, out_path: str | Path) -> int:
+    """Write ``path<TAB>bytes<TAB>sha256`` for every file of ``outputs`` (folders expanded).
+
+    The first line is a comment holding the config hash. Returns the number of files listed.
+    The file is written to a temporary name and renamed, so it is either complete or absent.
+    """
+    rows = []
+    for output in outputs:
+        for f in _files(Path(output)):
+            rows.append(f"{f.as_posix()}\t{f.stat().st_size}\t{sha256_file(f)}")
+    out_path = Path(out_path)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp.write_text(f"# config_sha256\t{config_hash}\npath\tbytes\tsha256\n" + "\n".join(rows) + "\n")
+    os.replace(tmp, out_path)
+    return len(rows)

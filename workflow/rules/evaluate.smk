@@ -1,0 +1,35 @@
+rule evaluate:
+    input:
+        synthetic="results/export/synthetic.h5",
+        real_train=extracted(["train"]),
+        real_test=extracted(["test"]),
+    output:
+        metrics=report(
+            evaluate_outputs()["metrics"],
+            caption="../report/metrics.rst",
+            category="3. Evaluation",
+        ),
+        dice=report(
+            evaluate_outputs()["dice"],
+            caption="../report/dice.rst",
+            category="3. Evaluation",
+        ),
+        summary=report(
+            evaluate_outputs()["summary"],
+            caption="../report/summary.rst",
+            category="3. Evaluation",
+        ),
+    log:
+        "results/logs/evaluate.log",
+    benchmark:
+        "results/benchmarks/evaluate.tsv"
+    threads: 4
+    resources:
+        gpu=1 if config["evaluate"]["device"] != "cpu" else 0,
+    params:
+        evaluate=config["evaluate"],
+        source=config["data"]["source"],
+        views=config["data"]["views"],
+        data_dir=DATA_DIR,
+    script:
+        "../scripts/evaluate.py"

@@ -1,0 +1,6 @@
+from cardigan.logutil import stage_logging
+from cardigan.manifest import write_manifest
+
+with stage_logging(snakemake.log[0], "manifest") as log:
+    n = write_manifest(snakemake.input, snakemake.params.config_hash, snakemake.output[0])
+    log.info("manifest lists %d files", n)
