@@ -87,13 +87,15 @@ def evaluate_outputs():
 
 def stage_targets():
     """Every declared output of the enabled stages (what the manifest lists)."""
-    targets = extracted(SPLITS) + [f"{DATA_DIR}/metadata.csv"]
+    targets = [PHANTOM_DIR] if config["data"]["source"] == "phantom" else []
+    targets += extracted(SPLITS) + [f"{DATA_DIR}/metadata.csv"]
     targets += expand(f"{DATA_DIR}/preview_{{split}}.png", split=SPLITS)
     targets += [
         "results/train/generator.pt",
         "results/train/config.json",
         "results/train/train_log.csv",
         "results/train/losses.png",
+        "results/train/samples",
         "results/sample/samples.h5",
     ]
     targets += list(export_outputs().values())

@@ -23,6 +23,8 @@ rule evaluate:
         "results/logs/evaluate.log",
     benchmark:
         "results/benchmarks/evaluate.tsv"
+    conda:
+        "../../envs/cardigan.yaml"
     threads: 4
     resources:
         gpu=1 if config["evaluate"]["device"] != "cpu" else 0,
@@ -30,6 +32,6 @@ rule evaluate:
         evaluate=config["evaluate"],
         source=config["data"]["source"],
         views=config["data"]["views"],
-        data_dir=DATA_DIR,
+        data_dir=lambda wildcards, input: str(Path(input.real_test[0]).parent),
     script:
         "../scripts/evaluate.py"

@@ -19,6 +19,8 @@ rule export:
         "results/logs/export.log",
     benchmark:
         "results/benchmarks/export.tsv"
+    conda:
+        "../../envs/cardigan.yaml"
     threads: 2
     params:
         export=config["export"],

@@ -10,9 +10,11 @@ rule extract:
         "results/logs/extract.log",
     benchmark:
         "results/benchmarks/extract.tsv"
+    conda:
+        "../../envs/cardigan.yaml"
     threads: 4
     params:
         data=config["data"],
-        out_dir=DATA_DIR,
+        out_dir=lambda wildcards, output: str(Path(output.metadata).parent),
     script:
         "../scripts/extract.py"

@@ -6,6 +6,10 @@ rule manifest:
         "results/manifest.tsv",
     log:
         "results/logs/manifest.log",
+    # Hashing a few files: not worth a cluster job.
+    localrule: True
+    conda:
+        "../../envs/cardigan.yaml"
     params:
         config_hash=config_hash(config),
     script:

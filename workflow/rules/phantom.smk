@@ -5,6 +5,8 @@ rule phantom:
         "results/logs/phantom.log",
     benchmark:
         "results/benchmarks/phantom.tsv"
+    conda:
+        "../../envs/cardigan.yaml"
     threads: 2
     params:
         phantom=config["phantom"],

@@ -10,6 +10,8 @@ rule sample:
         "results/logs/sample.log",
     benchmark:
         "results/benchmarks/sample.tsv"
+    conda:
+        "../../envs/cardigan.yaml"
     threads: 4
     resources:
         gpu=1 if config["sample"]["device"] != "cpu" else 0,

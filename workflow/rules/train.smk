@@ -23,6 +23,8 @@ rule train:
         "results/logs/train.log",
     benchmark:
         "results/benchmarks/train.tsv"
+    conda:
+        "../../envs/cardigan.yaml"
     threads: 8
     resources:
         gpu=uses_gpu("train"),

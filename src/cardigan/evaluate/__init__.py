@@ -1,0 +1,8 @@
+"""Evaluate stage: does the synthetic dataset help a segmenter on real images?
+
+Entry point :func:`run_evaluate`; see docs/notes/evaluate.md for what is measured and how.
+"""
+
+from .stage import SETTINGS, run_evaluate
+
+__all__ = ["SETTINGS", "run_evaluate"]

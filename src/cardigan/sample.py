@@ -1,0 +1,308 @@
+"""Mask-conditioned sampling: masks (real and deformed) -> generator -> ``samples.h5``.
+
+The order of the samples is fixed by the sources: for each source mask ``i`` (extracted files in
+the order given, keys sorted, then user masks sorted by name), variant 0 is the mask itself and
+variants 1..n its plausible deformations; each variant gets ``samples_per_mask`` images. Every
+random number comes from a seed derived from ``(sample.seed, i, variant, ...)``, so a sample does
+not depend on the batch size or on the other masks, and the same checkpoint + config + seed give a
+byte-identical file on the CPU. Images are written batch by batch into chunked, resizable HDF5
+datasets, so memory does not grow with the number of images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from . import __version__
+from .augment import (AreaRanges, AugmentConfig, DeformStats, check_plausible, deformed_variant,
+                      item_seed, params_json, topology)
+from .labels import NUM_LABELS
+from .manifest import sha256_file
+from .masks import (MaskError, SourceMask, load_extracted_masks, load_user_masks,
+                    validate_masks)
+from .model import ModelConfig, SPADEGenerator, load_generator, one_hot
+
+log = logging.getLogger("cardigan")
+
+#: Domain tags that keep the seed streams of deformations and style codes apart.
+SEED_DEFORM, SEED_Z = 0, 1
+#: Per-sample columns (besides images/masks) and their HDF5 types.
+STR = h5py.string_dtype("utf-8")
+COLUMNS: dict[str, Any] = {
+    "source": STR,  # train / valid / test / user / real
+    "source_patient": STR,
+    "view": STR,
+    "instant": STR,
+    "variant": np.int64,  # 0: the source mask itself, k >= 1: its k-th deformation
+    "augmentation": STR,  # JSON of the deformation parameters
+    "seed": np.int64,  # seed of the style code z (-1 for real images)
+    "spacing": (np.float32, (2,)),
+    "is_synthetic": np.bool_,
+}
+REAL_MASK_AUG = json.dumps({"identity": True})
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("config key sample.device: 'cuda' asked for, but no GPU is visible")
+    return torch.device(device)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_output(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    The temporary file is created up front, so an unwritable folder fails before any work, with
+    an error that names the folder.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    except OSError as err:
+        raise OSError(f"cannot write {path}: the folder {path.parent} is not writable ({err})") from err
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the final file the usual mode
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class SampleWriter:
+    """Append (image, mask, per-sample columns) rows to chunked, resizable, gzip'd datasets."""
+
+    def __init__(self, f: h5py.File, size: int, compression_level: int = 4):
+        self.f = f
+        self.n = 0
+        opts = dict(compression="gzip", compression_opts=compression_level, track_times=False)
+        for name in ("images", "masks"):
+            f.create_dataset(name, shape=(0, size, size), maxshape=(None, size, size),
+                             dtype=np.uint8, chunks=(1, size, size), **opts)
+        for name, dtype in COLUMNS.items():
+            if isinstance(dtype, tuple):
+                f.create_dataset(name, shape=(0, *dtype[1]), maxshape=(None, *dtype[1]),
+                                 dtype=dtype[0], chunks=(1024, *dtype[1]), **opts)
+            else:
+                f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(1024,),
+                                 **opts)
+
+    def append(self, images: np.ndarray, masks: np.ndarray, columns: Mapping[str, Sequence]) -> None:
+        b = len(images)
+        if b == 0:
+            return
+        lo, hi = self.n, self.n + b
+        for name, values in (("images", images), ("masks", masks), *columns.items()):
+            ds = self.f[name]
+            ds.resize(hi, axis=0)
+            ds[lo:hi] = np.asarray(values) if ds.dtype != STR else list(values)
+        self.n = hi
+
+
+@dataclass
+class _Item:
+    mask: np.ndarray
+    source: SourceMask
+    variant: int
+    augmentation: str
+    seed: int
+
+
+def load_sources(anno_paths: Sequence[str | Path], mask_path: str | Path | None,
+                 cfg: ModelConfig) -> list[SourceMask]:
+    """Extracted masks of ``anno_paths`` plus the user masks of ``mask_path``, validated."""
+    sources: list[SourceMask] = []
+    if anno_paths:
+        sources += validate_masks(load_extracted_masks(anno_paths), cfg.label_nc, cfg.image_size,
+                                  what="extracted masks (sample.mask_splits)")
+    if mask_path:
+        sources += validate_masks(load_user_masks(mask_path), cfg.label_nc, cfg.image_size,
+                                  what=f"user masks (sample.mask_path {mask_path})")
+    if not sources:
+        raise MaskError("no masks to condition on: sample.mask_splits is empty and sample.mask_path "
+                        "is not set (or holds no masks)")
+    return sources
+
+
+def check_generator(cfg: ModelConfig, samples_per_mask: int, path: str | Path) -> None:
+    """Refuse settings the checkpoint cannot honour."""
+    if cfg.label_nc < NUM_LABELS:
+        raise MaskError(
+            f"{path}: the generator was trained with label_nc={cfg.label_nc}, but CAMUS masks use "
+            f"labels 0..3 (label_nc must be at least {NUM_LABELS})"
+        )
+    if samples_per_mask > 1 and not cfg.use_vae:
+        raise ValueError(
+            f"config key sample.samples_per_mask: {samples_per_mask} asked for, but {path} is a "
+            "mask-only generator (trained with train.use_vae: false): every sample of a mask would "
+            "be the same image. Use samples_per_mask: 1, or retrain with train.use_vae: true"
+        )
+    if not cfg.use_vae:
+        log.info("mask-only generator (no VAE): one image per mask; extra samples per mask would "
+                 "be identical, so samples_per_mask must stay 1")
+
+
+def _items(sources: Sequence[SourceMask], aug: AugmentConfig, ranges: AreaRanges, seed: int,
+           samples_per_mask: int, stats: DeformStats) -> Iterator[_Item]:
+    for i, src in enumerate(sources):
+        variants: list[tuple[np.ndarray, str]] = [(src.mask, REAL_MASK_AUG)]
+        if aug.n:
+            reason = check_plausible(src.mask, None, topology(src.mask))
+            if reason is not None:
+                stats.source_implausible += 1
+                log.warning("%s (%s %s %s): the source mask itself fails the plausibility check "
+                            "%r; its %d deformations are skipped", src.origin, src.patient,
+                            src.view, src.instant, reason, aug.n)
+        else:
+            reason = None
+        for k in range(1, aug.n + 1):
+            if reason is not None:
+                break
+            made = deformed_variant(src.mask, aug, ranges, seed, i, k, stats)
+            if made is None:
+                log.warning("%s (%s %s %s): deformation %d rejected %d times: skipped",
+                            src.origin, src.patient, src.view, src.instant, k, aug.max_tries)
+                continue
+            variants.append((made[0], params_json(made[1])))
+        for k, (mask, augmentation) in enumerate(variants):
+            for s in range(samples_per_mask):
+                yield _Item(mask, src, k, augmentation, item_seed(seed, SEED_Z, i, k, s))
+
+
+def _z(items: Sequence[_Item], cfg: ModelConfig) -> torch.Tensor | None:
+    if not cfg.use_vae:
+        return None
+    gens = [torch.Generator().manual_seed(it.seed) for it in items]
+    return torch.stack([torch.randn(cfg.z_dim, generator=g) for g in gens])
+
+
+@torch.inference_mode()
+def generate(generator: SPADEGenerator, masks: np.ndarray, z: torch.Tensor | None,
+             device: torch.device) -> np.ndarray:
+    """(B, H, W) uint8 masks -> (B, H, W) uint8 images: round((x + 1) * 127.5), clipped."""
+    seg = one_hot(torch.from_numpy(masks).to(device), generator.cfg.label_nc)
+    if z is not None:
+        z = z.to(device)
+    if device.type == "cuda":
+        seg = seg.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = generator(seg, z)
+    else:
+        out = generator(seg, z)
+    out = ((out.float()[:, 0] + 1) * 127.5).round().clamp(0, 255)
+    return out.to(torch.uint8).cpu().numpy()
+
+
+def run_sample(generator_path: str | Path, anno_paths: Sequence[str | Path],
+               real_train_anno_paths: Sequence[str | Path], sample_cfg: Mapping[str, Any],
+               out_path: str | Path, threads: int = 1) -> dict[str, Any]:
+    """Write ``samples.h5`` and return a summary (counts, rejection statistics, images/s)."""
+    spm = int(sample_cfg.get("samples_per_mask", 1))
+    batch_size = int(sample_cfg.get("batch_size", 16))
+    seed = int(sample_cfg.get("seed", 0))
+    aug = AugmentConfig.from_dict(sample_cfg.get("augment", {}))
+    device = resolve_device(str(sample_cfg.get("device", "auto")))
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(threads)))
+
+    generator, cfg, extra = load_generator(generator_path)
+    check_generator(cfg, spm, generator_path)
+    sources = load_sources(anno_paths, sample_cfg.get("mask_path"), cfg)
+    real = validate_masks(load_extracted_masks(real_train_anno_paths), cfg.label_nc,
+                          cfg.image_size, what="real train masks (area ranges)")
+    ranges = AreaRanges.from_masks(m.mask for m in real)
+    log.info("%d source masks; %d deformations each, %d samples per mask; label-area ranges from "
+             "%d real train masks: %s", len(sources), aug.n, spm, len(real), ranges.to_dict())
+    log.info("generator %s: %s (extra: %s) on %s, batch %d", generator_path, cfg.to_dict(),
+             {k: v for k, v in extra.items() if isinstance(v, (int, float, str, bool))}, device,
+             batch_size)
+
+    generator.to(device)
+    if device.type == "cuda":
+        generator.to(memory_format=torch.channels_last)
+    stats = DeformStats()
+    t0 = time.perf_counter()
+    expected = len(sources) * (1 + aug.n) * spm
+    with atomic_output(out_path) as tmp:
+        with h5py.File(tmp, "w", track_order=False) as f:
+            writer = SampleWriter(f, cfg.image_size)
+            batch: list[_Item] = []
+            next_log = [0]
+
+            def flush() -> None:
+                masks = np.stack([it.mask for it in batch])
+                images = generate(generator, masks, _z(batch, cfg), device)
+                writer.append(images, masks, {
+                    "source": [it.source.source for it in batch],
+                    "source_patient": [it.source.patient for it in batch],
+                    "view": [it.source.view for it in batch],
+                    "instant": [it.source.instant for it in batch],
+                    "variant": [it.variant for it in batch],
+                    "augmentation": [it.augmentation for it in batch],
+                    "seed": [it.seed for it in batch],
+                    "spacing": [it.source.spacing for it in batch],
+                    "is_synthetic": [True] * len(batch),
+                })
+                if writer.n >= next_log[0]:
+                    log.info("%d / at most %d images (%.1f images/s)", writer.n, expected,
+                             writer.n / (time.perf_counter() - t0))
+                    next_log[0] += max(batch_size, expected // 10)
+                batch.clear()
+
+            for item in _items(sources, aug, ranges, seed, spm, stats):
+                batch.append(item)
+                if len(batch) == batch_size:
+                    flush()
+            if batch:
+                flush()
+            if writer.n == 0:
+                raise RuntimeError("no samples were made")
+            f.attrs["image_size"] = cfg.image_size
+            f.attrs["label_nc"] = cfg.label_nc
+            f.attrs["model_config"] = json.dumps(cfg.to_dict(), sort_keys=True)
+            f.attrs["generator_sha256"] = sha256_file(generator_path)
+            f.attrs["generator_extra"] = json.dumps(
+                {k: v for k, v in extra.items() if isinstance(v, (int, float, str, bool))},
+                sort_keys=True)
+            f.attrs["sample_config"] = json.dumps(dict(sample_cfg), sort_keys=True, default=str)
+            f.attrs["augment_stats"] = json.dumps(stats.to_dict(), sort_keys=True)
+            f.attrs["area_ranges"] = json.dumps(ranges.to_dict(), sort_keys=True)
+            f.attrs["n_sources"] = len(sources)
+            f.attrs["cardigan_version"] = __version__
+            n = writer.n
+    seconds = time.perf_counter() - t0
+    summary = {"images": n, "sources": len(sources), "seconds": seconds,
+               "images_per_s": n / seconds if seconds > 0 else float("nan"), **stats.to_dict()}
+    log.info("wrote %s: %d images from %d source masks in %.1f s (%.1f images/s)", out_path, n,
+             len(sources), seconds, summary["images_per_s"])
+    log.info("deformations: %d accepted; rejected draws by reason %s; %d given up after %d tries; "
+             "%d source masks failed the check themselves", stats.accepted, dict(stats.rejected),
+             stats.exhausted, aug.max_tries, stats.source_implausible)
+    if n < expected:
+        log.warning("%d fewer images than %d sources x (1 + %d) x %d because of skipped "
+                    "deformations (counted above)", expected - n, len(sources), aug.n, spm)
+    return summary

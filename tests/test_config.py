@@ -1,0 +1,121 @@
+"""Config validation: defaults, one-line errors naming the key, semantic checks, hashing."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cardigan.config import ConfigError, config_hash, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+@pytest.fixture()
+def cfg() -> dict:
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def test_default_config_is_valid_and_complete(cfg):
+    before = copy.deepcopy(cfg)
+    validate(cfg, SCHEMA)
+    assert cfg == before, "config.yaml should spell out every key the schema defines"
+
+
+def test_defaults_are_filled_into_a_sparse_config():
+    cfg = validate({"data": {"image_size": 64}}, SCHEMA)
+    assert cfg["data"]["views"] == ["4CH"]
+    assert cfg["data"]["instants"] == ["ED", "ES"]
+    assert cfg["phantom"] == {"patients": 50, "seed": 0}
+    assert cfg["train"]["lr_G"] == pytest.approx(1e-4)
+    assert cfg["train"]["lr_D"] == pytest.approx(4e-4)
+    assert cfg["sample"]["augment"]["max_tries"] == 20
+    assert cfg["export"]["nnunet"]["dataset_id"] == 501
+
+
+@pytest.mark.parametrize(
+    ("patch", "needle"),
+    [
+        ({"data": {"views": ["3CH"]}}, "data.views[0]"),
+        ({"data": {"image_size": "big"}}, "data.image_size"),
+        ({"data": {"source": "ukbb"}}, "data.source"),
+        ({"data": {"instants": []}}, "data.instants"),
+        ({"train": {"epochs": 0}}, "train.epochs"),
+        ({"train": {"ngff": 3}}, "unknown key"),
+        ({"sample": {"augment": {"rotation_deg": 90}}}, "sample.augment.rotation_deg"),
+        ({"export": {"formats": ["png"]}}, "export.formats[0]"),
+        ({"evaluate": {"settings": ["both"]}}, "evaluate.settings[0]"),
+    ],
+)
+def test_schema_errors_name_the_key(patch, needle):
+    with pytest.raises(ConfigError) as err:
+        validate(patch, SCHEMA)
+    msg = str(err.value)
+    assert needle in msg
+    assert "\n" not in msg
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"config key train: .*'ngff'"):
+        validate({"train": {"ngff": 3}}, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("patch", "needle"),
+    [
+        ({"data": {"source": "camus"}}, "data.camus_path: required"),
+        ({"data": {"source": "camus", "camus_path": "/no/such/CAMUS"}}, "/no/such/CAMUS does not exist"),
+        ({"data": {"split": "/no/such/folder"}}, "data.split"),
+        ({"data": {"image_size": 100}}, "data.image_size: 100 is not divisible"),
+        ({"train": {"perceptual_weights": "/no/vgg19.pth"}}, "train.perceptual_weights"),
+        ({"sample": {"samples_per_mask": 3}}, "sample.samples_per_mask"),
+        ({"sample": {"augment": {"scale": [1.2, 0.8]}}}, "sample.augment.scale"),
+        ({"evaluate": {"inception_weights": "/no/inception.pth"}}, "evaluate.inception_weights"),
+    ],
+)
+def test_semantic_errors_name_the_key(patch, needle):
+    with pytest.raises(ConfigError, match=None) as err:
+        validate(patch, SCHEMA)
+    assert needle in str(err.value)
+
+
+def test_split_folder_must_hold_the_three_files(tmp_path):
+    (tmp_path / "subgroup_training.txt").write_text("patient0001\n")
+    with pytest.raises(ConfigError, match="subgroup_validation.txt"):
+        validate({"data": {"split": str(tmp_path)}}, SCHEMA)
+    for name in ("validation", "testing"):
+        (tmp_path / f"subgroup_{name}.txt").write_text("patient0002\n")
+    assert validate({"data": {"split": str(tmp_path)}}, SCHEMA)["data"]["split"] == str(tmp_path)
+
+
+def test_vae_allows_several_samples_per_mask():
+    cfg = validate({"train": {"use_vae": True}, "sample": {"samples_per_mask": 4}}, SCHEMA)
+    assert cfg["sample"]["samples_per_mask"] == 4
+
+
+def test_config_hash_ignores_key_order_but_not_values():
+    a = {"x": 1, "y": {"b": 2, "a": [1, 2]}}
+    b = {"y": {"a": [1, 2], "b": 2}, "x": 1}
+    assert config_hash(a) == config_hash(b)
+    assert config_hash(a) != config_hash({**a, "x": 2})
+
+
+@pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake not on PATH")
+def test_snakemake_stops_before_any_job_with_one_clear_message(tmp_path):
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config", "data={views: [3CH]}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "config key data.views[0]: '3CH' is not one of ['2CH', '4CH']" in out
+    assert not (tmp_path / "results").exists()

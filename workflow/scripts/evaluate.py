@@ -1,0 +1,16 @@
+from cardigan.evaluate import run_evaluate
+from cardigan.logutil import stage_logging
+
+with stage_logging(snakemake.log[0], "evaluate", snakemake.threads) as log:
+    run_evaluate(
+        synthetic_h5=snakemake.input.synthetic,
+        data_dir=snakemake.params.data_dir,
+        views=snakemake.params.views,
+        cfg=snakemake.params.evaluate,
+        source=snakemake.params.source,
+        metrics_csv=snakemake.output.metrics,
+        dice_png=snakemake.output.dice,
+        summary_md=snakemake.output.summary,
+        threads=snakemake.threads,
+    )
+    log.info("evaluate: wrote %s", ", ".join(snakemake.output))
