@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from cardigan.device import cpu_has_native_bf16
 from cardigan.losses import discriminator_losses, generator_losses
 from cardigan.model import ModelConfig, build_models, one_hot
 
@@ -43,16 +44,6 @@ class PathSettings:
     cudnn_benchmark: bool = False
     fused_adam: bool = False
     compile: bool = False
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU advertises bf16 arithmetic (AVX512-BF16 or AMX), on Linux."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def optimised_settings(device: torch.device, compile_: bool) -> PathSettings:

@@ -18,6 +18,10 @@ import jsonschema
 import yaml
 
 
+#: The schema every config is validated against (``workflow/schemas/config.schema.yaml`` links here).
+SCHEMA_PATH = Path(__file__).with_name("schemas") / "config.schema.yaml"
+
+
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the key."""
 
@@ -45,7 +49,7 @@ def _with_defaults(cls):
 _Validator = _with_defaults(jsonschema.Draft202012Validator)
 
 
-def validate(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
+def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     """Fill defaults into ``config`` (in place) and validate it; return it.
 
     Raises ConfigError with one line naming the offending key, e.g.
@@ -61,6 +65,19 @@ def validate(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config key {key}: {err.message}")
     check_semantics(config)
     return config
+
+
+def load_config(path: str | Path | None) -> dict[str, Any]:
+    """Read a cardiGAN config YAML (``None``: an empty one) and validate it, defaults filled in."""
+    config: dict[str, Any] = {}
+    if path is not None:
+        try:
+            config = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"config file {path}: {err}") from err
+        if not isinstance(config, dict):
+            raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(config).__name__}")
+    return validate(config)
 
 
 def check_semantics(config: Mapping[str, Any]) -> None:

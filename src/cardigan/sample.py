@@ -29,6 +29,7 @@ import torch
 from . import __version__
 from .augment import (AreaRanges, AugmentConfig, DeformStats, check_plausible, deformed_variant,
                       item_seed, params_json, topology)
+from .device import resolve_device as _resolve_device
 from .labels import NUM_LABELS
 from .manifest import sha256_file
 from .masks import (MaskError, SourceMask, load_extracted_masks, load_user_masks,
@@ -56,12 +57,7 @@ REAL_MASK_AUG = json.dumps({"identity": True})
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("config key sample.device: 'cuda' asked for, but no GPU is visible")
-    return torch.device(device)
+    return _resolve_device(device, "sample.device")
 
 
 def _umask() -> int:

@@ -79,6 +79,8 @@ from .checkpoint import (
     save_state,
 )
 from .config import config_hash
+from .device import bf16_autocast_enabled
+from .device import resolve_device as _resolve_device
 from .dataio import iter_frames, mask_key
 from .losses import VGGPerceptualLoss, discriminator_losses, generator_losses
 from .model import ModelConfig, build_models, save_generator
@@ -318,14 +320,7 @@ def loss_columns(cfg: TrainConfig) -> list[str]:
 # --------------------------------------------------------------------------------------------
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> CUDA when available, else the CPU; ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("config key train.device: cuda requested but no CUDA device is "
-                               "visible (use auto or cpu)")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    return _resolve_device(device, "train.device", local_rank)
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -609,10 +604,11 @@ def _train(*, images_h5, annos_h5, out_dir: Path, state_dir: Path, cfg: TrainCon
     if cfg.compile:
         G_run, D_run, D_frozen = torch.compile(G_run), torch.compile(D_run), torch.compile(D)
         E_run = torch.compile(E_run) if E_run is not None else None
-    amp = cuda and cfg.amp
+    # bf16 autocast on CUDA, and on CPUs with native bf16 (about 1.6x faster there).
+    amp = bf16_autocast_enabled(device, cfg.amp)
 
     def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
 
     # ---- fixed masks and style codes for the sample grids
     grid_idx = np.unique(np.linspace(0, n - 1, min(GRID_MASKS, n)).round().astype(int))

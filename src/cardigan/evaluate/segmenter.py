@@ -17,6 +17,7 @@ from monai.losses import DiceCELoss
 from monai.networks.layers import SkipConnection
 from monai.networks.nets import UNet
 
+from ..device import resolve_device as _resolve_device
 from ..labels import NUM_LABELS
 
 log = logging.getLogger("cardigan")
@@ -34,12 +35,7 @@ AUGMENTATION = (
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("evaluate.device is 'cuda' but no CUDA device is available")
-    return torch.device(device)
+    return _resolve_device(device, "evaluate.device")
 
 
 def build_unet(channels: list[int] | tuple[int, ...]) -> UNet:
