@@ -22,9 +22,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from workflow_helpers import TINY, clone, completed_run, planned_jobs, sha256, snakemake, tree_hashes
+from workflow_helpers import TINY, clone, edit_tiny, completed_run, planned_jobs, sha256, snakemake, tree_hashes
 
 pytestmark = pytest.mark.slow
 
@@ -34,13 +33,6 @@ IS_ROOT = os.geteuid() == 0
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     return completed_run(tmp_path_factory.getbasetemp())
-
-
-def edit_tiny(work: Path, section: str, key: str, value) -> None:
-    path = work / TINY
-    config = yaml.safe_load(path.read_text())
-    config.setdefault(section, {})[key] = value
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def popen_snakemake(work: Path, *args: str) -> subprocess.Popen:
@@ -281,7 +273,9 @@ def test_corrupt_training_checkpoint_fails_clearly(run, tmp_path):
 # ------------------------------------------------------------------------------------------------
 def test_second_snakemake_on_the_same_folder_is_refused(run, tmp_path):
     work = clone(run, tmp_path / "run")
-    edit_tiny(work, "evaluate", "iterations", 10)
+    # A training change re-runs train, sample, export and evaluate: the first run holds its lock
+    # for tens of seconds, far longer than the second needs to start.
+    edit_tiny(work, "train", "epochs", 4)
     first = popen_snakemake(work)
     locks = work / ".snakemake" / "locks"
     wait_for(lambda: locks.is_dir() and any(locks.iterdir()), first, 120, "the first run's lock")

@@ -10,9 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
-from workflow_helpers import TINY, clone, completed_run, planned_jobs, snakemake, tree_hashes
+from workflow_helpers import clone, edit_tiny, completed_run, planned_jobs, snakemake, tree_hashes
 
 pytestmark = pytest.mark.slow
 
@@ -22,13 +21,6 @@ AFTER_TRAIN = {"sample", "export", "evaluate", "manifest"}
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     return completed_run(tmp_path_factory.getbasetemp())
-
-
-def edit_tiny(work: Path, section: str, key: str, value) -> None:
-    path = work / TINY
-    config = yaml.safe_load(path.read_text())
-    config.setdefault(section, {})[key] = value
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def test_complete_run_has_nothing_to_do(run, tmp_path):

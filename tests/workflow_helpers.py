@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = "tests/config/tiny.yaml"
 # What a run needs from the checkout (envs/ only for the rules' `conda:` paths).
@@ -115,6 +117,14 @@ def completed_run(base: Path) -> Path:
         snakemake(run_dir)
         _COMPLETED["tiny"] = run_dir
     return _COMPLETED["tiny"]
+
+
+def edit_tiny(work: Path, section: str, key: str, value) -> None:
+    """Set ``section.key`` in the run's copy of the tiny config."""
+    path = work / TINY
+    config = yaml.safe_load(path.read_text())
+    config.setdefault(section, {})[key] = value
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def sha256(path: Path) -> str:
