@@ -129,3 +129,17 @@ def test_checks_are_relative_to_an_imperfect_source(masks):
     stats = DeformStats()
     made = deformed_variant(open_base, AugmentConfig(), None, 0, 0, 1, stats)
     assert made is not None and stats.accepted == 1
+
+
+def test_heart_moved_out_of_the_real_field_is_rejected(masks, ranges):
+    assert ranges.support is not None and ranges.support.shape == masks[0].shape
+    m = masks[0]
+    assert check_plausible(m, ranges) is None
+    # shifted towards a corner no real mask reaches: the generator would draw it outside the fan
+    rows, cols = np.nonzero(m)
+    shifted = np.zeros_like(m)
+    dr, dc = -rows.min(), m.shape[1] - 1 - cols.max()
+    shifted[rows + dr, cols + dc] = m[rows, cols]
+    outside = np.count_nonzero((shifted > 0) & ~ranges.support)
+    assert outside > 0.01 * np.count_nonzero(shifted)
+    assert check_plausible(shifted, ranges) == "outside_field"

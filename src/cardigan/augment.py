@@ -13,6 +13,9 @@ Plausibility (:func:`check_plausible`), on a deformed mask, relative to its sour
   area are ignored), or no more pieces than the source has;
 - ``area``: each label's area lies in the range seen in the real train masks, widened by
   ``AREA_MARGIN`` (10 %) on both ends because deformations legitimately scale areas a little;
+- ``outside_field``: the heart stays where real hearts are: at most ``OUTSIDE_TOLERANCE`` (1 %)
+  of the deformed foreground may fall outside the union of the real train masks' foregrounds
+  (which lies inside the ultrasound sector: the generator draws nothing but black outside it);
 - ``cavity_open``: the cavity stays enclosed: the share of its 4-neighbour boundary that is
   background or the image border (ideally 0: myocardium all round except the mitral opening onto
   the atrium) may not exceed the source's by more than ``OPEN_TOLERANCE`` (2 points), and the
@@ -44,7 +47,8 @@ AREA_MARGIN = 0.10
 MIN_WALL_FRACTION = 0.5
 OPEN_TOLERANCE = 0.02
 MIN_COMPONENT_FRACTION = 0.01
-REASONS = ("missing_label", "fragmented", "area", "cavity_open")
+OUTSIDE_TOLERANCE = 0.01
+REASONS = ("missing_label", "fragmented", "area", "outside_field", "cavity_open")
 _CROSS = ndimage.generate_binary_structure(2, 1)
 
 
@@ -70,9 +74,11 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class AreaRanges:
-    """Per-label (min, max) pixel areas allowed in a plausible mask."""
+    """Per-label (min, max) pixel areas allowed in a plausible mask, and where a heart may lie
+    (``support``: the union of the real masks' foregrounds, all of one size)."""
 
     ranges: dict[int, tuple[float, float]]
+    support: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_masks(cls, masks, margin: float = AREA_MARGIN) -> AreaRanges:
@@ -80,8 +86,13 @@ class AreaRanges:
         lo = {lab: np.inf for lab in FOREGROUND}
         hi = {lab: -np.inf for lab in FOREGROUND}
         n = 0
+        support = None
         for m in masks:
-            counts = np.bincount(np.asarray(m).ravel(), minlength=max(FOREGROUND) + 1)
+            m = np.asarray(m)
+            fg = m > 0
+            support = fg.copy() if support is None else (support | fg if support.shape == fg.shape
+                                                          else support)
+            counts = np.bincount(m.ravel(), minlength=max(FOREGROUND) + 1)
             for lab in FOREGROUND:
                 lo[lab] = min(lo[lab], counts[lab])
                 hi[lab] = max(hi[lab], counts[lab])
@@ -89,7 +100,7 @@ class AreaRanges:
         if n == 0:
             raise ValueError("no real masks to take the label-area ranges from")
         return cls({lab: (float(lo[lab]) * (1 - margin), float(hi[lab]) * (1 + margin))
-                    for lab in FOREGROUND})
+                    for lab in FOREGROUND}, support)
 
     def to_dict(self) -> dict[str, list[float]]:
         return {str(k): [v[0], v[1]] for k, v in sorted(self.ranges.items())}
@@ -204,6 +215,10 @@ def check_plausible(mask: np.ndarray, ranges: AreaRanges | None,
         for lab, (lo, hi) in ranges.ranges.items():
             if not lo <= counts[lab] <= hi:
                 return "area"
+    if ranges is not None and ranges.support is not None and ranges.support.shape == mask.shape:
+        fg = mask > 0
+        if np.count_nonzero(fg & ~ranges.support) > OUTSIDE_TOLERANCE * np.count_nonzero(fg):
+            return "outside_field"
     if topo.open_fraction > reference.open_fraction + OPEN_TOLERANCE:
         return "cavity_open"
     if topo.wall_fraction < min(MIN_WALL_FRACTION, reference.wall_fraction - OPEN_TOLERANCE):

@@ -17,15 +17,14 @@ ever resumed by a run that would have produced it (see ``cardigan.train``).
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .atomic import atomic_output
 from .model import ModelConfig
 
 STATE_FORMAT = "cardigan-train-state/1"
@@ -75,16 +74,9 @@ def restore_rng(rng: dict[str, Any]) -> None:
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
     """Write a training state atomically; tensors are moved to the CPU first."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": STATE_FORMAT, **_to_cpu(state)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

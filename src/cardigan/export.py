@@ -32,7 +32,8 @@ from .labels import LABELS  # noqa: E402
 from .manifest import sha256_file  # noqa: E402
 from .masks import load_extracted_masks  # noqa: E402
 from .nnunet import write_nnunet  # noqa: E402
-from .sample import COLUMNS, SampleWriter, atomic_output  # noqa: E402
+from .atomic import atomic_output  # noqa: E402
+from .sample import COLUMNS, SampleWriter  # noqa: E402
 
 log = logging.getLogger("cardigan")
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable
 from pathlib import Path
+
+from .atomic import write_text_atomic
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -32,8 +33,6 @@ def write_manifest(outputs: Iterable[str | Path], config_hash: str, out_path: st
     for output in outputs:
         for f in _files(Path(output)):
             rows.append(f"{f.as_posix()}\t{f.stat().st_size}\t{sha256_file(f)}")
-    out_path = Path(out_path)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_text(f"# config_sha256\t{config_hash}\npath\tbytes\tsha256\n" + "\n".join(rows) + "\n")
-    os.replace(tmp, out_path)
+    write_text_atomic(out_path, f"# config_sha256\t{config_hash}\npath\tbytes\tsha256\n"
+                      + "\n".join(rows) + "\n")
     return len(rows)

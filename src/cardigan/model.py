@@ -33,8 +33,6 @@ Spectral norm uses ``torch.nn.utils.parametrizations.spectral_norm``: it survive
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
+
+from .atomic import atomic_output
 
 UPSAMPLINGS = {"normal": 5, "more": 6, "most": 7}
 NORMS = ("instance", "batch")
@@ -429,15 +429,8 @@ def save_generator(path, generator: nn.Module, cfg: ModelConfig, extra: dict | N
     state = {k: v.detach().cpu() for k, v in unwrap(generator).state_dict().items()}
     payload = {"format": GENERATOR_FORMAT, "model_config": cfg.to_dict(),
                "state_dict": state, "extra": dict(extra or {})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_generator(path, map_location: Any = "cpu") -> tuple[SPADEGenerator, ModelConfig, dict]:

@@ -8,8 +8,6 @@ titles) so the sampling and export stages can reuse it for their previews.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +16,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from .atomic import atomic_output  # noqa: E402
 
 PNG_METADATA = {"Software": None}
 
@@ -38,16 +38,9 @@ def label_rgb(mask: np.ndarray, label_nc: int | None = None) -> np.ndarray:
 
 
 def _savefig_atomic(fig, path: str | Path, dpi: int) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, metadata=PNG_METADATA)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_output(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=dpi, metadata=PNG_METADATA)
     finally:
         plt.close(fig)
 

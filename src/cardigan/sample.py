@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,13 +24,27 @@ import numpy as np
 import torch
 
 from . import __version__
-from .augment import (AreaRanges, AugmentConfig, DeformStats, check_plausible, deformed_variant,
-                      item_seed, params_json, topology)
+from .atomic import atomic_output
+from .augment import (
+    AreaRanges,
+    AugmentConfig,
+    DeformStats,
+    check_plausible,
+    deformed_variant,
+    item_seed,
+    params_json,
+    topology,
+)
 from .device import resolve_device as _resolve_device
 from .labels import NUM_LABELS
 from .manifest import sha256_file
-from .masks import (MaskError, SourceMask, load_extracted_masks, load_user_masks,
-                    validate_masks)
+from .masks import (
+    MaskError,
+    SourceMask,
+    load_extracted_masks,
+    load_user_masks,
+    validate_masks,
+)
 from .model import ModelConfig, SPADEGenerator, load_generator, one_hot
 
 log = logging.getLogger("cardigan")
@@ -58,35 +69,6 @@ REAL_MASK_AUG = json.dumps({"identity": True})
 
 def resolve_device(device: str) -> torch.device:
     return _resolve_device(device, "sample.device")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_output(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
-
-    The temporary file is created up front, so an unwritable folder fails before any work, with
-    an error that names the folder.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    except OSError as err:
-        raise OSError(f"cannot write {path}: the folder {path.parent} is not writable ({err})") from err
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the final file the usual mode
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class SampleWriter:

@@ -68,6 +68,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import __version__
+from .atomic import write_text_atomic
 from .checkpoint import (
     STATE_NAME,
     CheckpointError,
@@ -79,9 +80,9 @@ from .checkpoint import (
     save_state,
 )
 from .config import config_hash
+from .dataio import iter_frames, mask_key
 from .device import bf16_autocast_enabled
 from .device import resolve_device as _resolve_device
-from .dataio import iter_frames, mask_key
 from .losses import VGGPerceptualLoss, discriminator_losses, generator_losses
 from .model import ModelConfig, build_models, save_generator
 from .plots import label_rgb, plot_losses, save_grid
@@ -364,18 +365,6 @@ def _all_gather(obj: Any, world: int) -> list[Any]:
 # --------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _csv_text(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -590,7 +579,7 @@ def _train(*, images_h5, annos_h5, out_dir: Path, state_dir: Path, cfg: TrainCon
         if rank:
             torch.manual_seed(cfg.seed + rank)  # each process its own z / noise stream
     if is_main:
-        _write_atomic(fp_dir / "fingerprint.json", json.dumps(settings, indent=2, sort_keys=True)
+        write_text_atomic(fp_dir / "fingerprint.json", json.dumps(settings, indent=2, sort_keys=True)
                       + "\n")
     del state
 
@@ -786,10 +775,10 @@ def _write_outputs(*, out_dir: Path, cfg: TrainConfig, image_size: int, model_cf
         "log_columns": ["step", "epoch", *columns, "lr_G", "lr_D"],
         "versions": {"cardigan": __version__, "torch": torch.__version__.split("+")[0]},
     }
-    _write_atomic(out_dir / OUTPUTS["config"], json.dumps(effective, indent=2) + "\n")
+    write_text_atomic(out_dir / OUTPUTS["config"], json.dumps(effective, indent=2) + "\n")
     csv_cols = ["step", "epoch", *columns, "lr_G", "lr_D"]
-    _write_atomic(out_dir / OUTPUTS["log_csv"], _csv_text(csv_cols, log_rows))
-    _write_atomic(out_dir / THROUGHPUT_NAME,
+    write_text_atomic(out_dir / OUTPUTS["log_csv"], _csv_text(csv_cols, log_rows))
+    write_text_atomic(out_dir / THROUGHPUT_NAME,
                   _csv_text(["step", "images_per_s"], throughput_rows))
     steps = np.array([r["step"] for r in log_rows])
     data = {c: np.array([r[c] for r in log_rows]) for c in columns}

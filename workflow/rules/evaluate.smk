@@ -27,7 +27,7 @@ rule evaluate:
         "../../envs/cardigan.yaml"
     threads: 4
     resources:
-        gpu=1 if config["evaluate"]["device"] != "cpu" else 0,
+        gpu=uses_gpu("evaluate"),
     params:
         evaluate=config["evaluate"],
         source=config["data"]["source"],

@@ -1,7 +1,6 @@
 rule sample:
     input:
         generator="results/train/generator.pt",
-        images=extracted(config["sample"]["mask_splits"], anno=False),
         annos=extracted(config["sample"]["mask_splits"], images=False),
         real_train_annos=extracted(["train"], images=False),
     output:
@@ -14,7 +13,7 @@ rule sample:
         "../../envs/cardigan.yaml"
     threads: 4
     resources:
-        gpu=1 if config["sample"]["device"] != "cpu" else 0,
+        gpu=uses_gpu("sample"),
     params:
         sample=config["sample"],
     script:
