@@ -75,8 +75,10 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
     """Write a training state atomically; tensors are moved to the CPU first."""
     path = Path(path)
     payload = {"format": STATE_FORMAT, **_to_cpu(state)}
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+    # Through a file object: given a path, torch.save names the archive after the (random)
+    # temporary file, and identical weights would no longer give identical bytes.
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

@@ -429,8 +429,10 @@ def save_generator(path, generator: nn.Module, cfg: ModelConfig, extra: dict | N
     state = {k: v.detach().cpu() for k, v in unwrap(generator).state_dict().items()}
     payload = {"format": GENERATOR_FORMAT, "model_config": cfg.to_dict(),
                "state_dict": state, "extra": dict(extra or {})}
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+    # Through a file object: given a path, torch.save names the archive after the (random)
+    # temporary file, and identical weights would no longer give identical bytes.
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
 
 
 def load_generator(path, map_location: Any = "cpu") -> tuple[SPADEGenerator, ModelConfig, dict]:
