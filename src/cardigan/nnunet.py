@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_dir
 from .labels import LABELS
 
 log = logging.getLogger("cardigan")
@@ -55,15 +53,7 @@ def write_nnunet(synthetic_h5: str | Path, out_dir: str | Path, dataset_id: int,
     expected = dataset_folder_name(dataset_id, name)
     if out_dir.name != expected:
         raise ValueError(f"nnU-Net dataset folder must be named {expected}, got {out_dir}")
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    except OSError as err:
-        raise OSError(f"cannot write {out_dir}: {out_dir.parent} is not writable ({err})") from err
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)
+    with atomic_dir(out_dir) as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
         unknown_spacing = 0
@@ -94,12 +84,6 @@ def write_nnunet(synthetic_h5: str | Path, out_dir: str | Path, dataset_id: int,
         }
         (tmp / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
         check_nnunet_dataset(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("wrote nnU-Net raw dataset %s (%d training cases)", out_dir, n)
     return out_dir
 

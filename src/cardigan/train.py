@@ -68,7 +68,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import __version__
-from .atomic import write_text_atomic
+from .atomic import atomic_dir, write_text_atomic
 from .checkpoint import (
     STATE_NAME,
     CheckpointError,
@@ -380,18 +380,10 @@ def _fmt(v: Any) -> str:
 
 def _replace_dir(src: Path, dst: Path) -> None:
     """Copy folder ``src`` to ``dst`` through a temporary sibling, then swap it in."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}."))
-    try:
+    with atomic_dir(dst) as tmp:
         if src.is_dir():
             for f in sorted(src.iterdir()):
                 shutil.copy2(f, tmp / f.name)
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _grid_rows(masks: np.ndarray, reals: np.ndarray, fakes: np.ndarray, label_nc: int
