@@ -46,8 +46,9 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` (an
-    existing folder there is removed first), on failure it is deleted."""
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path``, on
+    failure it is deleted. An existing folder at ``path`` is moved aside before the swap and
+    deleted after it, so at no moment is neither the old nor the new folder in place."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,8 +59,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -31,9 +31,7 @@ import logging
 import math
 import multiprocessing
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -42,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
+
+from .atomic import atomic_dir
 
 log = logging.getLogger("cardigan")
 
@@ -468,34 +468,11 @@ def render_patient(seed: int, index: int, sequences: bool = True) -> dict:
     return result
 
 
-def _write_patient_nifti(root: Path, seed: int, index: int, sequences: bool) -> dict:
-    res = render_patient(seed, index, sequences)
+def _write_patient(res: dict, pdir: Path, name: str, layout: str, sequences: bool) -> None:
+    """One rendered patient's files in ``pdir``, in the 2023 NIfTI or the 2019 MetaImage form."""
     p: PatientSpec = res["spec"]
-    pdir = root / "database_nifti" / p.name
-    pdir.mkdir(parents=True)
-    for view in VIEWS:
-        spec = p.views[view]
-        frames = res["views"][view]
-        n = spec.nb_frames
-        sp = (spec.col_mm, spec.row_mm)
-        stem = pdir / f"{p.name}_{view}"
-        for inst, k in (("ED", 0), ("ES", n - 1)):
-            _write(frames[k][0], sp, Path(f"{stem}_{inst}.nii.gz"))
-            _write(frames[k][1], sp, Path(f"{stem}_{inst}_gt.nii.gz"))
-        if sequences:
-            _write(np.stack([frames[k][0] for k in range(n)]), sp, Path(f"{stem}_half_sequence.nii.gz"))
-            _write(np.stack([frames[k][1] for k in range(n)]), sp, Path(f"{stem}_half_sequence_gt.nii.gz"))
-        _write_cfg(pdir / f"Info_{view}.cfg", [
-            ("ED", 1), ("ES", n), ("NbFrame", n), ("Sex", p.sex), ("Age", p.age),
-            ("ImageQuality", p.quality), ("EF", int(round(res["ef"]))), ("FrameRate", p.frame_rate),
-        ])
-    return {"name": p.name, "ef": res["ef"]}
-
-
-def _write_patient_mhd(root: Path, seed: int, index: int, sequences: bool, folder: str, name: str) -> dict:
-    res = render_patient(seed, index, sequences)
-    p: PatientSpec = res["spec"]
-    pdir = root / folder / name
+    mhd = layout == "mhd2019"
+    ext = ".mhd" if mhd else ".nii.gz"
     pdir.mkdir(parents=True)
     for view in VIEWS:
         spec = p.views[view]
@@ -504,16 +481,39 @@ def _write_patient_mhd(root: Path, seed: int, index: int, sequences: bool, folde
         sp = (spec.col_mm, spec.row_mm)
         stem = pdir / f"{name}_{view}"
         for inst, k in (("ED", 0), ("ES", n - 1)):
-            # The 2019 release stores single frames as 3-D images with one slice (DimSize W H 1).
-            _write(frames[k][0][None], sp, Path(f"{stem}_{inst}.mhd"))
-            _write(frames[k][1][None], sp, Path(f"{stem}_{inst}_gt.mhd"))
+            image, mask = frames[k][0], frames[k][1]
+            if mhd:  # the 2019 release stores single frames as 3-D images with one slice (W H 1)
+                image, mask = image[None], mask[None]
+            _write(image, sp, Path(f"{stem}_{inst}{ext}"))
+            _write(mask, sp, Path(f"{stem}_{inst}_gt{ext}"))
         if sequences:
-            _write(np.stack([frames[k][0] for k in range(n)]), sp, Path(f"{stem}_sequence.mhd"))
-        _write_cfg(pdir / f"Info_{view}.cfg", [
-            ("ED", 1), ("ES", n), ("NbFrame", n), ("Sex", p.sex), ("Age", p.age),
-            ("ImageQuality", p.quality), ("LVedv", f"{res['edv']:.2f}"), ("LVesv", f"{res['esv']:.2f}"),
-            ("LVef", f"{res['ef']:.2f}"),
-        ])
+            images = np.stack([frames[k][0] for k in range(n)])
+            if mhd:
+                _write(images, sp, Path(f"{stem}_sequence.mhd"))
+            else:
+                _write(images, sp, Path(f"{stem}_half_sequence.nii.gz"))
+                masks = np.stack([frames[k][1] for k in range(n)])
+                _write(masks, sp, Path(f"{stem}_half_sequence_gt.nii.gz"))
+        keys = [("ED", 1), ("ES", n), ("NbFrame", n), ("Sex", p.sex), ("Age", p.age),
+                ("ImageQuality", p.quality)]
+        if mhd:
+            keys += [("LVedv", f"{res['edv']:.2f}"), ("LVesv", f"{res['esv']:.2f}"),
+                     ("LVef", f"{res['ef']:.2f}")]
+        else:
+            keys += [("EF", int(round(res["ef"]))), ("FrameRate", p.frame_rate)]
+        _write_cfg(pdir / f"Info_{view}.cfg", keys)
+
+
+def _write_patient_nifti(root: Path, seed: int, index: int, sequences: bool) -> dict:
+    res = render_patient(seed, index, sequences)
+    name = res["spec"].name
+    _write_patient(res, root / "database_nifti" / name, name, "nifti2023", sequences)
+    return {"name": name, "ef": res["ef"]}
+
+
+def _write_patient_mhd(root: Path, seed: int, index: int, sequences: bool, folder: str, name: str) -> dict:
+    res = render_patient(seed, index, sequences)
+    _write_patient(res, root / folder / name, name, "mhd2019", sequences)
     return {"name": f"{folder}/{name}", "ef": res["ef"]}
 
 
@@ -560,9 +560,7 @@ def write_phantom(
         raise FileExistsError(f"phantom output folder {out} already exists and is not empty "
                               "(remove it or pass overwrite)")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         names = [patient_name(i) for i in range(patients)]
         if layout == "nifti2023":
             jobs = [(layout, str(tmp), seed, i, sequences, ()) for i in range(patients)]
@@ -580,16 +578,6 @@ def write_phantom(
         efs = np.array([r["ef"] for r in results])
         log.info("phantom: %d patients (%s) in %s, EF %.0f-%.0f %%", patients, layout, out,
                  efs.min(), efs.max())
-        if out.exists() and any(out.iterdir()):
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 
