@@ -15,7 +15,8 @@ from cardigan.labels import STRUCTURES
 
 SIZE = 32
 CFG = dict(enabled=True, settings=["real", "synthetic", "mixed"], iterations=3, batch_size=2,
-           lr=0.001, seed=0, channels=[4, 8, 16], device="cpu", inception_weights=None)
+           lr=0.001, seed=0, repeats=2, channels=[4, 8, 16], device="cpu",
+           inception_weights=None)
 
 
 def _frame(rng, instant, shift):
@@ -82,7 +83,8 @@ def inputs(tmp_path):
 def _run(inputs, out, cfg=CFG, source="phantom"):
     data, synth = inputs
     out.mkdir(exist_ok=True)
-    paths = dict(metrics_csv=out / "metrics.csv", dice_png=out / "dice.png", summary_md=out / "summary.md")
+    paths = dict(metrics_csv=out / "metrics.csv", dice_png=out / "dice.png",
+                 summary_md=out / "summary.md", worst_png=out / "worst.png")
     df = run_evaluate(synth, data, ["4CH"], cfg, source, threads=1, **paths)
     return df, paths
 
@@ -95,15 +97,36 @@ def test_stage_writes_every_promised_row(inputs, tmp_path):
     for setting in ("real", "synthetic", "mixed"):
         for instant in ("ED", "ES", "all"):
             for structure in STRUCTURES:
-                for metric in ("dice", "hd95", "hd95_undefined"):
+                for metric in ("dice", "dice_seed_std", "hd95", "hd95_undefined"):
                     assert (setting, instant, structure, metric) in have
     for instant in ("ED", "ES", "all"):
         for structure in STRUCTURES:
             assert ("synthetic", instant, structure, "label_fidelity_dice") in have
-    for setting in ("synthetic", "real"):
+    for setting in ("synthetic", "mixed"):
+        for structure in STRUCTURES:
+            assert (setting, "all", structure, "usefulness_dice") in have
+    for setting in ("synthetic", "real_test"):
         assert (setting, "all", "all", "frechet_distance_segfeat") in have
         assert (setting, "all", "all", "kid_segfeat") in have
+    for setting in ("synthetic", "real"):  # against the real test split
+        assert (setting, "all", "all", "frechet_distance_segfeat_test") in have
+        assert (setting, "all", "all", "kid_segfeat_test") in have
+    for setting in ("real", "synthetic"):
+        for region in ("LV_cavity", "myocardium", "LA", "outside"):
+            for metric in ("intensity_mean", "intensity_std", "speckle_cv"):
+                assert (setting, "all", region, metric) in have
+        assert (setting, "all", "all", "brightness_spread") in have
+        assert (setting, "all", "all", "feature_spread_segfeat") in have
+    assert ("synthetic", "all", "outside", "within_mask_spread") in have
     assert not (csv.metric == "fid_inception").any()
+    # two seeds: the seed spread is over 2 runs, the usefulness is a paired difference
+    spread = csv[csv.metric == "dice_seed_std"]
+    assert (spread.n == 2).all() and (spread["mean"] >= 0).all()
+    use = csv[(csv.metric == "usefulness_dice")].set_index(["setting", "structure"])
+    dice = csv[(csv.metric == "dice") & (csv.instant == "all")].set_index(["setting", "structure"])
+    for st in STRUCTURES:
+        assert use.loc[("synthetic", st), "mean"] == pytest.approx(
+            dice.loc[("synthetic", st), "mean"] - dice.loc[("real", st), "mean"], abs=1e-5)
 
     dice = csv[csv.metric == "dice"]
     assert dice["mean"].between(0, 1).all() and (dice.n[dice.instant == "all"] == 4).all()
@@ -114,9 +137,12 @@ def test_stage_writes_every_promised_row(inputs, tmp_path):
     assert csv.set_index(["setting", "metric"]).loc[("synthetic", "kid_segfeat"), "n"] == 6
 
     assert paths["dice_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths["worst_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = paths["summary_md"].read_text()
     assert "Measured on the built-in phantom" in summary
     assert "standard FID (Inception-v3) was not computed" in summary
+    assert "## Usefulness" in summary and "synthetic − real" in summary
+    assert "## Texture" in summary and "## Diversity" in summary
     assert "0.93" in summary and "0.886" in summary  # references beside ours
     assert "synthetic 6" in summary and "mixed 14" in summary
     assert not list((tmp_path / "out").glob(".*"))  # no temp files left
@@ -132,8 +158,9 @@ def test_stage_is_byte_reproducible(inputs, tmp_path):
 
 def test_without_real_setting_fidelity_and_distances_are_skipped(inputs, tmp_path):
     df, paths = _run(inputs, tmp_path / "out", dict(CFG, settings=["synthetic"]), source="camus")
-    assert set(df.setting) == {"synthetic"}
-    assert not df.metric.isin(["label_fidelity_dice", "kid_segfeat", "frechet_distance_segfeat"]).any()
+    assert set(df[df.metric == "dice"].setting) == {"synthetic"}
+    assert not df.metric.isin(["label_fidelity_dice", "kid_segfeat", "frechet_distance_segfeat",
+                               "usefulness_dice", "kid_segfeat_test"]).any()
     summary = paths["summary_md"].read_text()
     assert "need the `real`" in summary and "phantom" not in summary
 
@@ -174,7 +201,9 @@ def test_inception_weights_give_the_standard_fid(inputs, tmp_path):
     df, paths = _run(inputs, tmp_path / "out", dict(CFG, settings=["synthetic"],
                                                     inception_weights=str(weights)))
     fid = df[df.metric == "fid_inception"].set_index("setting")
-    assert set(fid.index) == {"synthetic", "real"}
+    assert set(fid.index) == {"synthetic", "real_test"}
+    fid_test = df[df.metric == "fid_inception_test"].set_index("setting")
+    assert set(fid_test.index) == {"synthetic", "real"}
     assert np.isfinite(fid["mean"]).all() and fid.loc["synthetic", "n"] == 6
     assert "Standard FID" in paths["summary_md"].read_text()
 
@@ -218,3 +247,40 @@ def test_augmentation_keeps_image_and_mask_aligned_and_is_seeded():
     # The same warp moved both: thresholded image and mask foreground agree almost everywhere.
     agree = ((xa > 0.5) == (ya > 0)).float().mean()
     assert agree > 0.98
+
+
+# ------------------------------------------------------------------------------ texture, diversity
+def test_speckle_statistic_separates_speckled_from_smooth_images():
+    from cardigan.evaluate import texture
+
+    rng = np.random.default_rng(0)
+    masks = np.stack([_frame(rng, "ED", 0)[1] for _ in range(4)])
+    level = np.array([60, 15, 190, 25], float)[masks]
+    smooth = np.clip(level, 0, 255).astype(np.uint8)
+    # Rayleigh-distributed amplitude: fully developed speckle
+    speckled = np.clip(level * rng.rayleigh(1.0, masks.shape) / 1.25, 0, 255).astype(np.uint8)
+    field = texture.imaging_field(speckled)
+    s = texture.region_stats(speckled, masks, field)
+    f = texture.region_stats(smooth, masks, field)
+    for region in ("LV_cavity", "myocardium", "outside"):
+        assert np.nanmean(s[region]["speckle_cv"]) > 0.3
+        assert np.nanmean(f[region]["speckle_cv"]) < 0.1
+        assert np.nanmean(s[region]["intensity_std"]) > np.nanmean(f[region]["intensity_std"])
+    assert np.nanmean(f["myocardium"]["intensity_mean"]) == pytest.approx(190)
+
+
+def test_within_mask_spread_is_zero_for_one_look_and_grows_with_style():
+    from cardigan.evaluate import texture
+
+    rng = np.random.default_rng(1)
+    image, mask = _frame(rng, "ED", 0)
+    masks = np.stack([mask] * 4)
+    field = np.ones(mask.shape, bool)
+    same = np.stack([image] * 4)
+    groups = np.array(["a", "a", "b", "b"])
+    assert texture.within_mask_spread(same, masks, groups, field) == (0.0, 0.0, 2)
+    gains = np.stack([np.clip(image * g, 0, 255).astype(np.uint8) for g in (0.5, 1.5, 0.5, 1.5)])
+    mean, _, n = texture.within_mask_spread(gains, masks, groups, field)
+    assert n == 2 and mean > 5
+    # no mask sampled twice: nothing to measure
+    assert texture.within_mask_spread(same, masks, np.array(list("abcd")), field)[2] == 0

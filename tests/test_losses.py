@@ -48,8 +48,9 @@ def test_feature_matching_hand_computed_and_real_detached():
 
 def test_kl_loss():
     assert kl_loss(torch.zeros(3, 5), torch.zeros(3, 5)).item() == 0.0
-    # mu = 1, logvar = 0: 0.5 per element, summed over batch and z (as the reference)
-    assert kl_loss(torch.ones(3, 5), torch.zeros(3, 5)).item() == pytest.approx(7.5)
+    # per sample: 0.5 * 5 * 1; averaged over the batch, so the batch size does not matter
+    assert kl_loss(torch.ones(3, 5), torch.zeros(3, 5)).item() == pytest.approx(2.5)
+    assert kl_loss(torch.ones(7, 5), torch.zeros(7, 5)).item() == pytest.approx(2.5)
     # mu = 0, logvar = log 4: -0.5 (1 + log 4 - 4) per element
     lv = torch.full((1, 2), torch.log(t(4.0)).item())
     assert kl_loss(torch.zeros(1, 2), lv).item() == pytest.approx(-(1 + 1.3862944 - 4.0))

@@ -85,7 +85,7 @@ def _evaluate(argv: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     run_evaluate(a.synthetic, a.data_dir, cfg["data"]["views"], cfg["evaluate"],
                  cfg["data"]["source"], out / "metrics.csv", out / "dice.png", out / "summary.md",
-                 threads=a.threads)
+                 out / "worst.png", threads=a.threads)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,10 +111,17 @@ def check_semantics(config: Mapping[str, Any]) -> None:
             f"train.num_upsampling_layers={train.get('num_upsampling_layers', 'normal')} needs"
         )
     sample = config.get("sample", {})
-    if sample.get("samples_per_mask", 1) > 1 and not train.get("use_vae", False):
+    styled = train.get("use_vae") or train.get("noise_dim", 0) > 0 or train.get("texture_noise")
+    if sample.get("samples_per_mask", 1) > 1 and not styled:
         raise ConfigError(
-            "config key sample.samples_per_mask: values above 1 need train.use_vae: true; the "
-            "mask-only generator makes the same image for every sample of a mask"
+            "config key sample.samples_per_mask: values above 1 need a style input (train.use_vae, "
+            "train.noise_dim > 0 or train.texture_noise); the mask-only generator makes the same "
+            "image for every sample of a mask"
+        )
+    if train.get("use_vae") and train.get("noise_dim", 0) > 0:
+        raise ConfigError(
+            "config keys train.use_vae and train.noise_dim: two different style inputs, choose "
+            "one (noise_dim: 0 with the VAE)"
         )
     if sample.get("mask_path") and not Path(sample["mask_path"]).exists():
         raise ConfigError(f"config key sample.mask_path: {sample['mask_path']} does not exist")

@@ -61,7 +61,9 @@ class _Stats:
 
     def __init__(self) -> None:
         self.counts: dict[str, Counter] = {k: Counter() for k in
-                                           ("view", "instant", "mask", "kind", "source")}
+                                           ("view", "instant", "mask", "kind", "source",
+                                            "style")}
+        self.style_ids: set[str] = set()
         self.areas: dict[bool, list[np.ndarray]] = {True: [], False: []}
 
     def add(self, masks: np.ndarray, cols: Mapping[str, Sequence]) -> None:
@@ -71,6 +73,10 @@ class _Stats:
             self.counts["instant"][cols["instant"][i]] += 1
             self.counts["kind"]["synthetic" if syn else "real"] += 1
             self.counts["source"][cols["source"][i]] += 1
+            kind, _, ident = str(cols["style"][i]).partition(":")
+            self.counts["style"][kind] += 1
+            if ident:
+                self.style_ids.add(ident)
             if syn:
                 self.counts["mask"]["deformed mask" if cols["variant"][i] > 0 else "real mask"] += 1
         flat = masks.reshape(len(masks), -1)
@@ -124,8 +130,8 @@ def write_synthetic_h5(samples_path: str | Path, out_path: str | Path, generator
                                              f"{fr.image.shape}, the samples are {size}x{size}")
                         cols = {"source": ["real"], "source_patient": [fr.patient],
                                 "view": [fr.view], "instant": [fr.instant], "variant": [0],
-                                "augmentation": ["{}"], "seed": [-1], "spacing": [fr.spacing],
-                                "is_synthetic": [False]}
+                                "augmentation": ["{}"], "seed": [-1], "style": ["acquired"],
+                                "spacing": [fr.spacing], "is_synthetic": [False]}
                         writer.append(fr.image[None], fr.mask[None], cols)
                         stats.add(fr.mask[None], cols)
                         n_real += 1
@@ -226,7 +232,7 @@ def write_card(out_path: str | Path, stats: _Stats, real_areas: np.ndarray,
         "conditioned on CAMUS-style masks. Not for clinical use.", "",
         "## Files", "",
         "- `synthetic.h5`: `images`, `masks` (N, H, W) uint8 and per-sample `source`, "
-        "`source_patient`, `view`, `instant`, `variant`, `augmentation`, `seed`, `spacing`, "
+        "`source_patient`, `view`, `instant`, `variant`, `augmentation`, `seed`, `style`, `spacing`, "
         "`is_synthetic`; read it with `cardigan.dataset.SyntheticDataset`.",
         "- `preview.png`: a few samples with their masks.",
     ]
@@ -236,6 +242,13 @@ def write_card(out_path: str | Path, stats: _Stats, real_areas: np.ndarray,
               "## Counts", "", *table(c["kind"], "kind"), *table(c["mask"], "synthetic from"),
               *table(c["source"], "source"), *table(c["view"], "view"),
               *table(c["instant"], "instant"),
+              "## Styles", "",
+              "Where each image's style (gain, contrast, quality, dropout, sector, speckle) comes "
+              "from: `real` = the encoding of a real training image (the `style` column names "
+              "it), `prior` = a random code from N(0, I), `noise` = OASIS-style 3D noise, "
+              "`none` = a mask-only generator (one look per mask), `acquired` = a real image.",
+              "", *table(c["style"], "style source"),
+              f"Distinct real training images whose style was used: {len(stats.style_ids)}.", "",
               "## Label areas: synthetic samples vs real train masks", "",
               *_area_table(syn, real_areas),
               "## Sources", "", *[f"- {s}" for s in sources], "",

@@ -70,6 +70,8 @@ class ModelConfig:
     n_layers_D: int = 4
     use_vae: bool = False
     z_dim: int = 256
+    noise_dim: int = 0  # OASIS-style 3D noise channels beside the mask (0: none)
+    texture_noise: bool = False  # per-pixel noise injected after every block (speckle)
 
     def __post_init__(self) -> None:
         for name in ("label_nc", "image_size", "ngf", "ndf", "spade_hidden", "num_D",
@@ -89,8 +91,17 @@ class ModelConfig:
                 raise ValueError(
                     f"model setting {name} must be one of {list(NORMS)}, got {getattr(self, name)!r}"
                 )
-        if not isinstance(self.use_vae, bool):
-            raise ValueError(f"model setting use_vae must be true or false, got {self.use_vae!r}")
+        for name in ("use_vae", "texture_noise"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"model setting {name} must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.noise_dim, bool) or not isinstance(self.noise_dim, int) \
+                or self.noise_dim < 0:
+            raise ValueError(f"model setting noise_dim must be an integer >= 0, got "
+                             f"{self.noise_dim!r}")
+        if self.use_vae and self.noise_dim:
+            raise ValueError("model settings use_vae and noise_dim > 0 are two different style "
+                             "sources: choose one (train.use_vae or train.noise_dim)")
         factor = 2**self.n_upsamplings
         if self.image_size % factor:
             raise ValueError(
@@ -115,6 +126,18 @@ class ModelConfig:
     def start_size(self) -> int:
         """Side of the generator's first feature map (8 for 256 with 'normal')."""
         return self.image_size // 2**self.n_upsamplings
+
+    @property
+    def style_dim(self) -> int:
+        """Length of the per-image style vector ``z`` (0: the generator is mask-only)."""
+        if self.use_vae:
+            return self.z_dim
+        return self.noise_dim
+
+    @property
+    def seg_nc(self) -> int:
+        """Channels of the map every SPADE layer reads: the one-hot mask (+ the 3D noise)."""
+        return self.label_nc + self.noise_dim
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -230,7 +253,7 @@ class SPADEResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, cfg: ModelConfig):
         super().__init__()
         mid = min(cin, cout)
-        args = (cfg.label_nc, cfg.spade_hidden, cfg.norm_G)
+        args = (cfg.seg_nc, cfg.spade_hidden, cfg.norm_G)
         self.norm_0 = SPADE(cin, *args)
         self.conv_0 = conv(cin, mid, 3, sn=True)
         self.norm_1 = SPADE(mid, *args)
@@ -251,7 +274,18 @@ class SPADEResBlock(nn.Module):
 # Networks
 # --------------------------------------------------------------------------------------------
 class SPADEGenerator(nn.Module):
-    """One-hot mask (and z with the VAE) -> (B,1,H,W) image in [-1, 1]."""
+    """One-hot mask (and a style) -> (B,1,H,W) image in [-1, 1].
+
+    Styles: with the VAE, ``z`` (B, z_dim) replaces the downsampled mask as the start map (the
+    paper's multimodal SPADE); with ``noise_dim`` > 0, ``z`` (B, noise_dim) is replicated over
+    the image and concatenated to the mask that every SPADE layer reads (OASIS's 3D noise).
+    With ``texture_noise``, a per-pixel N(0, 1) map ``noise`` (B, 1, H, W) is added, with a
+    learned per-channel scale, after every block (average-pooled to the block's resolution and
+    rescaled so it stays unit variance): the generator's source of speckle. Missing ``z`` or
+    ``noise`` are drawn from torch's global RNG.
+    """
+
+    BLOCKS = ("head_0", "G_middle_0", "G_middle_1", "up_0", "up_1", "up_2", "up_3", "up_4")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -260,7 +294,7 @@ class SPADEGenerator(nn.Module):
         if cfg.use_vae:
             self.fc = linear(cfg.z_dim, 16 * nf * s * s)
         else:
-            self.fc = conv(cfg.label_nc, 16 * nf, 3)
+            self.fc = conv(cfg.seg_nc, 16 * nf, 3)
         self.head_0 = SPADEResBlock(16 * nf, 16 * nf, cfg)
         self.G_middle_0 = SPADEResBlock(16 * nf, 16 * nf, cfg)
         self.G_middle_1 = SPADEResBlock(16 * nf, 16 * nf, cfg)
@@ -273,39 +307,67 @@ class SPADEGenerator(nn.Module):
             self.up_4 = SPADEResBlock(nf, nf // 2, cfg)
             final_nc = nf // 2
         self.conv_img = conv(final_nc, 1, 3)
+        if cfg.texture_noise:
+            self.noise_scale = nn.ParameterDict({
+                name: nn.Parameter(torch.zeros(1, getattr(self, name).conv_1.out_channels, 1, 1))
+                for name in self.BLOCKS if hasattr(self, name)
+            })
 
     @staticmethod
     def up(x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, scale_factor=2, mode="nearest")
 
-    def forward(self, seg: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+    def _block(self, name: str, x: torch.Tensor, seg: torch.Tensor,
+               noise: torch.Tensor | None) -> torch.Tensor:
+        x = getattr(self, name)(x, seg)
+        if noise is None:
+            return x
+        k = noise.shape[-1] // x.shape[-1]
+        # The mean of k*k unit-variance values has variance 1/k^2: times k keeps it at 1.
+        n = F.avg_pool2d(noise, k) * k if k > 1 else noise
+        return x + self.noise_scale[name] * n.to(x.dtype)
+
+    def forward(self, seg: torch.Tensor, z: torch.Tensor | None = None,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.cfg
         if seg.dim() != 4 or seg.shape[1] != cfg.label_nc:
             raise ValueError(
                 f"seg must be a (B,{cfg.label_nc},H,W) one-hot map, got shape {tuple(seg.shape)}"
             )
+        b = seg.shape[0]
         s = cfg.start_size
+        if cfg.style_dim and z is None:
+            z = torch.randn(b, cfg.style_dim, device=seg.device)
+        if cfg.style_dim and tuple(z.shape) != (b, cfg.style_dim):
+            raise ValueError(f"z must be ({b}, {cfg.style_dim}), got {tuple(z.shape)}")
+        if cfg.texture_noise:
+            if noise is None:
+                noise = torch.randn(b, 1, *seg.shape[-2:], device=seg.device)
+            if tuple(noise.shape) != (b, 1, *seg.shape[-2:]):
+                raise ValueError(f"noise must be ({b}, 1, {seg.shape[-2]}, {seg.shape[-1]}), "
+                                 f"got {tuple(noise.shape)}")
+        else:
+            noise = None
+        if cfg.noise_dim:
+            planes = z.to(seg.dtype)[:, :, None, None].expand(-1, -1, *seg.shape[-2:])
+            seg = torch.cat([seg, planes], dim=1)
         if cfg.use_vae:
-            if z is None:
-                z = torch.randn(seg.shape[0], cfg.z_dim, device=seg.device)
             x = self.fc(z).view(-1, 16 * cfg.ngf, s, s)
             if seg.is_contiguous(memory_format=torch.channels_last):
                 x = x.contiguous(memory_format=torch.channels_last)
         else:
             x = self.fc(F.interpolate(seg, size=(s, s), mode="nearest"))
 
-        x = self.head_0(x, seg)
+        x = self._block("head_0", x, seg, noise)
         x = self.up(x)
-        x = self.G_middle_0(x, seg)
+        x = self._block("G_middle_0", x, seg, noise)
         if cfg.num_upsampling_layers in ("more", "most"):
             x = self.up(x)
-        x = self.G_middle_1(x, seg)
-        x = self.up_0(self.up(x), seg)
-        x = self.up_1(self.up(x), seg)
-        x = self.up_2(self.up(x), seg)
-        x = self.up_3(self.up(x), seg)
+        x = self._block("G_middle_1", x, seg, noise)
+        for name in ("up_0", "up_1", "up_2", "up_3"):
+            x = self._block(name, self.up(x), seg, noise)
         if cfg.num_upsampling_layers == "most":
-            x = self.up_4(self.up(x), seg)
+            x = self._block("up_4", self.up(x), seg, noise)
         x = self.conv_img(F.leaky_relu(x, LRELU_SLOPE))
         return torch.tanh(x)
 

@@ -46,6 +46,7 @@ from .masks import (
     validate_masks,
 )
 from .model import ModelConfig, SPADEGenerator, load_generator, one_hot
+from .styles import StyleBank, draw_styles, effective_source, is_multimodal
 
 log = logging.getLogger("cardigan")
 
@@ -61,6 +62,7 @@ COLUMNS: dict[str, Any] = {
     "variant": np.int64,  # 0: the source mask itself, k >= 1: its k-th deformation
     "augmentation": STR,  # JSON of the deformation parameters
     "seed": np.int64,  # seed of the style code z (-1 for real images)
+    "style": STR,  # style provenance: real:<training image>, prior, noise, none (cardigan.styles)
     "spacing": (np.float32, (2,)),
     "is_synthetic": np.bool_,
 }
@@ -133,15 +135,16 @@ def check_generator(cfg: ModelConfig, samples_per_mask: int, path: str | Path) -
             f"{path}: the generator was trained with label_nc={cfg.label_nc}, but CAMUS masks use "
             f"labels 0..3 (label_nc must be at least {NUM_LABELS})"
         )
-    if samples_per_mask > 1 and not cfg.use_vae:
+    if samples_per_mask > 1 and not is_multimodal(cfg):
         raise ValueError(
             f"config key sample.samples_per_mask: {samples_per_mask} asked for, but {path} is a "
-            "mask-only generator (trained with train.use_vae: false): every sample of a mask would "
-            "be the same image. Use samples_per_mask: 1, or retrain with train.use_vae: true"
+            "mask-only generator (no train.use_vae, train.noise_dim or train.texture_noise): "
+            "every sample of a mask would be the same image. Use samples_per_mask: 1, or retrain "
+            "with a style input"
         )
-    if not cfg.use_vae:
-        log.info("mask-only generator (no VAE): one image per mask; extra samples per mask would "
-                 "be identical, so samples_per_mask must stay 1")
+    if not is_multimodal(cfg):
+        log.info("mask-only generator (no style input): one image per mask; extra samples per "
+                 "mask would be identical, so samples_per_mask must stay 1")
 
 
 def _items(sources: Sequence[SourceMask], aug: AugmentConfig, ranges: AreaRanges, seed: int,
@@ -171,26 +174,24 @@ def _items(sources: Sequence[SourceMask], aug: AugmentConfig, ranges: AreaRanges
                 yield _Item(mask, src, k, augmentation, item_seed(seed, SEED_Z, i, k, s))
 
 
-def _z(items: Sequence[_Item], cfg: ModelConfig) -> torch.Tensor | None:
-    if not cfg.use_vae:
-        return None
-    gens = [torch.Generator().manual_seed(it.seed) for it in items]
-    return torch.stack([torch.randn(cfg.z_dim, generator=g) for g in gens])
-
-
 @torch.inference_mode()
 def generate(generator: SPADEGenerator, masks: np.ndarray, z: torch.Tensor | None,
-             device: torch.device) -> np.ndarray:
-    """(B, H, W) uint8 masks -> (B, H, W) uint8 images: round((x + 1) * 127.5), clipped."""
+             device: torch.device, noise: torch.Tensor | None = None) -> np.ndarray:
+    """(B, H, W) uint8 masks -> (B, H, W) uint8 images: round((x + 1) * 127.5), clipped.
+
+    ``z``/``noise``: the styles of :func:`cardigan.styles.draw_styles` (None where the generator
+    takes none)."""
     seg = one_hot(torch.from_numpy(masks).to(device), generator.cfg.label_nc)
     if z is not None:
         z = z.to(device)
+    if noise is not None:
+        noise = noise.to(device)
     if device.type == "cuda":
         seg = seg.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = generator(seg, z)
+            out = generator(seg, z, noise)
     else:
-        out = generator(seg, z)
+        out = generator(seg, z, noise)
     out = ((out.float()[:, 0] + 1) * 127.5).round().clamp(0, 255)
     return out.to(torch.uint8).cpu().numpy()
 
@@ -209,6 +210,14 @@ def run_sample(generator_path: str | Path, anno_paths: Sequence[str | Path],
 
     generator, cfg, extra = load_generator(generator_path)
     check_generator(cfg, spm, generator_path)
+    bank = StyleBank.from_extra(extra)
+    style_source = str(sample_cfg.get("style_source", "real"))
+    used_source = effective_source(cfg, style_source, bank)
+    if cfg.use_vae:
+        log.info("style codes: %s%s", used_source,
+                 f" (encodings of {len(bank.ids)} real training images)" if used_source == "real"
+                 else " (N(0, I))" + ("" if bank is not None else
+                                      ": the generator file carries no style bank"))
     sources = load_sources(anno_paths, sample_cfg.get("mask_path"), cfg)
     real = validate_masks(load_extracted_masks(real_train_anno_paths), cfg.label_nc,
                           cfg.image_size, what="real train masks (area ranges)")
@@ -233,7 +242,9 @@ def run_sample(generator_path: str | Path, anno_paths: Sequence[str | Path],
 
             def flush() -> None:
                 masks = np.stack([it.mask for it in batch])
-                images = generate(generator, masks, _z(batch, cfg), device)
+                z, noise, styles = draw_styles(cfg, [it.seed for it in batch], style_source,
+                                               bank)
+                images = generate(generator, masks, z, device, noise)
                 writer.append(images, masks, {
                     "source": [it.source.source for it in batch],
                     "source_patient": [it.source.patient for it in batch],
@@ -242,6 +253,7 @@ def run_sample(generator_path: str | Path, anno_paths: Sequence[str | Path],
                     "variant": [it.variant for it in batch],
                     "augmentation": [it.augmentation for it in batch],
                     "seed": [it.seed for it in batch],
+                    "style": styles,
                     "spacing": [it.source.spacing for it in batch],
                     "is_synthetic": [True] * len(batch),
                 })
@@ -267,6 +279,7 @@ def run_sample(generator_path: str | Path, anno_paths: Sequence[str | Path],
                 {k: v for k, v in extra.items() if isinstance(v, (int, float, str, bool))},
                 sort_keys=True)
             f.attrs["sample_config"] = json.dumps(dict(sample_cfg), sort_keys=True, default=str)
+            f.attrs["style_source"] = used_source
             f.attrs["augment_stats"] = json.dumps(stats.to_dict(), sort_keys=True)
             f.attrs["area_ranges"] = json.dumps(ranges.to_dict(), sort_keys=True)
             f.attrs["n_sources"] = len(sources)

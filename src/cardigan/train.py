@@ -85,6 +85,7 @@ from .device import bf16_autocast_enabled
 from .device import resolve_device as _resolve_device
 from .losses import VGGPerceptualLoss, discriminator_losses, generator_losses
 from .model import ModelConfig, build_models, save_generator
+from .styles import BANK_KEY, StyleBank, draw_styles, encode_bank, is_multimodal
 from .plots import label_rgb, plot_losses, save_grid
 
 log = logging.getLogger("cardigan")
@@ -103,7 +104,7 @@ THROUGHPUT_NAME = "throughput.csv"  # timings: beside the outputs, deliberately 
 NOT_FINGERPRINTED = ("epochs", "log_every", "checkpoint_every", "sample_every", "device", "gpus",
                      "amp", "channels_last", "compile")
 GRID_MASKS = 6  # fixed masks in every sample grid
-GRID_STYLES = 2  # fixed style codes per mask with the VAE
+GRID_STYLES = 2  # fixed styles per mask when the generator takes a style input
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,8 @@ class TrainConfig:
     label_nc: int = 4
     use_vae: bool = False
     z_dim: int = 256
+    noise_dim: int = 0
+    texture_noise: bool = False
     lr_G: float = 1e-4
     lr_D: float = 4e-4
     beta1: float = 0.0
@@ -213,6 +216,13 @@ def load_training_data(
     if not images:
         raise ValueError(f"no frames in {list(images_h5)}")
     return np.stack(images), np.stack(masks)
+
+
+def training_frame_ids(images_h5: Sequence[str | Path], annos_h5: Sequence[str | Path]
+                       ) -> list[str]:
+    """``patient_view_instant`` of every training frame, in :func:`load_training_data` order."""
+    return [f"{f.patient}_{f.view}_{f.instant}"
+            for img, ann in zip(images_h5, annos_h5) for f in iter_frames(img, ann)]
 
 
 def data_sha256(images: np.ndarray, masks: np.ndarray) -> str:
@@ -594,15 +604,17 @@ def _train(*, images_h5, annos_h5, out_dir: Path, state_dir: Path, cfg: TrainCon
     # ---- fixed masks and style codes for the sample grids
     grid_idx = np.unique(np.linspace(0, n - 1, min(GRID_MASKS, n)).round().astype(int))
     grid_seg = one_hot_unchecked(masks_t[grid_idx], cfg.label_nc)
-    grid_z = None
-    if cfg.use_vae:
-        gen = torch.Generator().manual_seed(cfg.seed)
-        grid_z = torch.randn(GRID_STYLES, len(grid_idx), cfg.z_dim, generator=gen).to(device)
+    grid_styles: list[tuple[torch.Tensor | None, torch.Tensor | None]] = [(None, None)]
+    if is_multimodal(model_cfg):  # fixed draws from their own generators: the RNG is untouched
+        seeds = np.arange(GRID_STYLES * len(grid_idx)).reshape(GRID_STYLES, -1) + cfg.seed
+        grid_styles = [tuple(None if t is None else t.to(device)
+                             for t in draw_styles(model_cfg, row.tolist(), "prior", None)[:2])
+                       for row in seeds]
 
     def sample_grid(epoch: int) -> None:
         with torch.no_grad():
-            fakes = [ema(grid_seg, z).float().cpu().numpy()[:, 0]
-                     for z in (grid_z if grid_z is not None else [None])]
+            fakes = [ema(grid_seg, z, noise).float().cpu().numpy()[:, 0]
+                     for z, noise in grid_styles]
         save_grid(samples_dir / f"epoch_{epoch:04d}.png",
                   _grid_rows(masks_np[grid_idx], images_np[grid_idx], fakes, cfg.label_nc),
                   col_titles=["mask", "real"] + ["generated"] * len(fakes),
@@ -701,11 +713,14 @@ def _train(*, images_h5, annos_h5, out_dir: Path, state_dir: Path, cfg: TrainCon
     if is_main:
         if not (samples_dir / f"epoch_{cfg.epochs:04d}.png").exists():
             sample_grid(cfg.epochs)  # e.g. a state finished by an older run without this grid
+        bank = None
+        if E is not None:  # real acquisitions' styles, so sampling needs no training data
+            bank = encode_bank(E, images_np, training_frame_ids(images_h5, annos_h5), device)
         _write_outputs(out_dir=out_dir, cfg=cfg, image_size=image_size, model_cfg=model_cfg,
                        ema=ema, fp=fp, data_hash=data_hash, n=n, images_h5=images_h5,
                        annos_h5=annos_h5, columns=columns, log_rows=log_rows,
                        throughput_rows=throughput_rows, samples_dir=samples_dir, step=step,
-                       resolved={
+                       style_bank=bank, resolved={
                            "device": device.type, "world_size": world,
                            "batch_per_process": local_batch, "amp_bf16": amp,
                            "channels_last": mem is torch.channels_last,
@@ -752,12 +767,15 @@ def _select_state(*, resume, state_path: Path, fp: str, settings: dict, model_cf
 def _write_outputs(*, out_dir: Path, cfg: TrainConfig, image_size: int, model_cfg: ModelConfig,
                    ema: nn.Module, fp: str, data_hash: str, n: int, images_h5, annos_h5,
                    columns: list[str], log_rows: list[dict], throughput_rows: list[dict],
-                   samples_dir: Path, step: int, resolved: dict[str, Any]) -> None:
+                   samples_dir: Path, step: int, resolved: dict[str, Any],
+                   style_bank: StyleBank | None = None) -> None:
     """generator.pt, config.json, train_log.csv, losses.png, samples/ and throughput.csv."""
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = {"train": cfg.to_dict(), "image_size": image_size, "step": step,
              "epochs": cfg.epochs, "fingerprint": fp, "data_sha256": data_hash,
              "ema": True}
+    if style_bank is not None:
+        extra[BANK_KEY] = style_bank.to_extra()
     save_generator(out_dir / OUTPUTS["generator"], ema, model_cfg, extra=extra)
     effective = {
         "train": cfg.to_dict(), "image_size": image_size, "model_config": model_cfg.to_dict(),

@@ -82,6 +82,7 @@ def evaluate_outputs():
         "metrics": "results/evaluate/metrics.csv",
         "dice": "results/evaluate/dice.png",
         "summary": "results/evaluate/summary.md",
+        "worst": "results/evaluate/worst.png",
     }
 
 

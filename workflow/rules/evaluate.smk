@@ -14,6 +14,11 @@ rule evaluate:
             caption="../report/dice.rst",
             category="3. Evaluation",
         ),
+        worst=report(
+            evaluate_outputs()["worst"],
+            caption="../report/worst.rst",
+            category="3. Evaluation",
+        ),
         summary=report(
             evaluate_outputs()["summary"],
             caption="../report/summary.rst",

@@ -11,6 +11,7 @@ with stage_logging(snakemake.log[0], "evaluate", snakemake.threads) as log:
         metrics_csv=snakemake.output.metrics,
         dice_png=snakemake.output.dice,
         summary_md=snakemake.output.summary,
+        worst_png=snakemake.output.worst,
         threads=snakemake.threads,
     )
     log.info("evaluate: wrote %s", ", ".join(snakemake.output))

@@ -14,13 +14,17 @@ from ..dataio import load_frames
 
 @dataclass(frozen=True)
 class ImageSet:
-    """N images with their masks, (row, column) spacings in mm, instants and views."""
+    """N images with their masks, (row, column) spacings in mm, instants, views and groups.
+
+    ``group`` names the mask an image was made from: images of one group share their mask (the
+    several styles of one synthetic mask); a real frame is its own group."""
 
     images: np.ndarray  # (N, H, W) uint8
     masks: np.ndarray  # (N, H, W) uint8 labels 0..3
     spacing: np.ndarray  # (N, 2) float64
     instant: np.ndarray  # (N,) str
     view: np.ndarray  # (N,) str
+    group: np.ndarray  # (N,) str
 
     def __len__(self) -> int:
         return len(self.images)
@@ -28,7 +32,7 @@ class ImageSet:
     @staticmethod
     def concat(a: ImageSet, b: ImageSet) -> ImageSet:
         return ImageSet(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in
-                          ("images", "masks", "spacing", "instant", "view")))
+                          ("images", "masks", "spacing", "instant", "view", "group")))
 
 
 def load_real(data_dir: str | Path, split: str, views: Iterable[str]) -> ImageSet:
@@ -42,6 +46,7 @@ def load_real(data_dir: str | Path, split: str, views: Iterable[str]) -> ImageSe
         spacing=np.array([f.spacing for f in frames], dtype=np.float64),
         instant=np.array([f.instant for f in frames]),
         view=np.array([f.view for f in frames]),
+        group=np.array([f"{split}:{f.patient}_{f.view}_{f.instant}" for f in frames]),
     )
 
 
@@ -76,6 +81,12 @@ def load_synthetic(path: str | Path) -> ImageSet:
         spacing = np.asarray(f["spacing"][()], dtype=np.float64)
         instant = _strings(f["instant"])
         view = _strings(f["view"])
+        # Rows made from one mask share source, patient, view, instant and variant.
+        parts = [_strings(f[k]) if k in f else np.full(n, "") for k in
+                 ("source", "source_patient")] + [instant, view]
+        variant = f["variant"][()].astype(str) if "variant" in f else np.arange(n).astype(str)
+        group = np.array(["/".join(t) for t in zip(*parts, variant)])
     if not keep.any():
         raise ValueError(f"{path}: no row has is_synthetic true: there are no generated images")
-    return ImageSet(images[keep], masks[keep], spacing[keep], instant[keep], view[keep])
+    return ImageSet(images[keep], masks[keep], spacing[keep], instant[keep], view[keep],
+                    group[keep])

@@ -14,9 +14,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..labels import STRUCTURES  # noqa: E402
+from ..plots import label_rgb  # noqa: E402
 
 COLUMNS = ["setting", "instant", "structure", "metric", "mean", "std", "n"]
 
@@ -41,27 +43,78 @@ def csv_bytes(df: pd.DataFrame) -> bytes:
     return buf.getvalue().encode()
 
 
-def plot_dice(df: pd.DataFrame, settings: list[str], instants: list[str], path: str | Path) -> None:
-    """Grouped bars of test Dice (mean ± std): one panel per instant, structures x settings."""
+def plot_dice(df: pd.DataFrame, settings: list[str], instants: list[str], path: str | Path,
+              per_image: dict[str, np.ndarray] | None = None) -> None:
+    """Top: grouped bars of test Dice (mean; error bar = std over segmenter seeds), one panel per
+    instant. Bottom (with ``per_image``, (structures, images) Dice per setting, mean over seeds):
+    the per-image distribution as box + strip plot, so single failures are visible."""
     structures = list(STRUCTURES)
     dice = df[(df.metric == "dice") & df.setting.isin(settings)]
-    fig, axes = plt.subplots(1, len(instants), figsize=(4.2 * len(instants), 3.6), sharey=True,
+    spread = df[(df.metric == "dice_seed_std") & df.setting.isin(settings)]
+    n_rows = 2 if per_image is not None else 1
+    fig, axes = plt.subplots(n_rows, len(instants), figsize=(4.2 * len(instants), 3.6 * n_rows),
                              squeeze=False)
     width = 0.8 / len(settings)
     colours = plt.get_cmap("tab10")
     for ax, instant in zip(axes[0], instants):
         sub = dice[dice.instant == instant]
+        err = spread[spread.instant == instant]
         for k, setting in enumerate(settings):
             rows = sub[sub.setting == setting].set_index("structure").reindex(structures)
+            e = err[err.setting == setting].set_index("structure").reindex(structures)
             xs = [i - 0.4 + width * (k + 0.5) for i in range(len(structures))]
-            ax.bar(xs, rows["mean"].fillna(0), width, yerr=rows["std"].fillna(0), capsize=3,
+            ax.bar(xs, rows["mean"].fillna(0), width, yerr=e["mean"].fillna(0), capsize=3,
                    color=colours(k), label=setting)
         ax.set_xticks(range(len(structures)), structures)
         ax.set_ylim(0, 1.05)
         ax.set_title(f"{instant}" if instant != "all" else "ED and ES pooled")
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("Dice on the real test split")
+    axes[0][0].set_ylabel("Dice on the real test split\n(error bar: std over seeds)")
     axes[0][-1].legend(title="trained on", loc="lower right", fontsize=8)
+    if per_image is not None:
+        ax = axes[1][0]
+        jitter = np.random.default_rng(0)
+        for k, setting in enumerate(settings):
+            for i, st in enumerate(structures):
+                values = per_image[setting][i]
+                x = i - 0.4 + width * (k + 0.5)
+                ax.boxplot([values], positions=[x], widths=width * 0.8, showfliers=False,
+                           medianprops={"color": "black"}, manage_ticks=False)
+                ax.scatter(x + jitter.uniform(-width / 4, width / 4, len(values)), values, s=6,
+                           color=colours(k), alpha=0.7, label=setting if i == 0 else None)
+        ax.set_xticks(range(len(structures)), structures)
+        ax.set_ylim(min(0.0, float(np.nanmin([v.min() for v in per_image.values()]))), 1.02)
+        ax.set_ylabel("per-image Dice (mean over seeds)")
+        ax.set_title("per real test image, ED and ES")
+        ax.grid(axis="y", alpha=0.3)
+        for extra in axes[1][1:]:
+            extra.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def plot_worst(images: np.ndarray, masks: np.ndarray, preds: dict[str, np.ndarray],
+               dice: np.ndarray, worst_setting: str, path: str | Path) -> None:
+    """The real test images the ``worst_setting`` segmenter does worst on: image, ground truth
+    and each setting's prediction (first seed), Dice (mean over structures and seeds) in the
+    title."""
+    cols = ["image", "ground truth", *[f"{s}-trained" for s in preds]]
+    n = len(images)
+    fig, axes = plt.subplots(max(n, 1), len(cols), figsize=(1.9 * len(cols), 1.9 * max(n, 1)),
+                             squeeze=False)
+    for r in range(n):
+        cells = [images[r], label_rgb(masks[r]), *[label_rgb(p[r]) for p in preds.values()]]
+        for c, cell in enumerate(cells):
+            ax = axes[r][c]
+            ax.imshow(cell, cmap="gray" if cell.ndim == 2 else None, vmin=0, vmax=255,
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(cols[c], fontsize=8)
+        axes[r][0].set_ylabel(f"Dice {dice[r]:.2f}", fontsize=8)
+    fig.suptitle(f"Worst real test images of the {worst_setting}-trained segmenter", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
@@ -80,11 +133,56 @@ def _get(df: pd.DataFrame, **where) -> pd.Series | None:
     return None if sel.empty else sel.iloc[0]
 
 
+def _cell(df: pd.DataFrame, digits: int = 3, **where) -> str:
+    r = _get(df, **where)
+    return _fmt(r["mean"], r["std"], digits) if r is not None else "n/a"
+
+
+def _usefulness_lines(df: pd.DataFrame, settings: list[str], structures: list[str]) -> list[str]:
+    use = df[df.metric == "usefulness_dice"]
+    if use.empty:
+        return ["Not computed: it needs the `real` setting and `synthetic` and/or `mixed`.", ""]
+    lines = ["Dice of a segmenter trained on the setting minus Dice of one trained on the real "
+             "train split, on the real test split, paired by segmenter seed (mean ± std over "
+             "seeds). Negative: the synthetic data teaches less than the real data.", "",
+             "| | " + " | ".join(structures) + " |", "|---|" + "---|" * len(structures)]
+    verdicts = []
+    for s in ("synthetic", "mixed"):
+        if s not in settings:
+            continue
+        rows = [_get(use, setting=s, structure=st) for st in structures]
+        lines.append(f"| {s} − real | " + " | ".join(
+            f"{r['mean']:+.3f} ± {r['std']:.3f}" if r is not None else "n/a" for r in rows) + " |")
+        means = [r["mean"] for r in rows if r is not None]
+        if s == "synthetic" and means:
+            ok = all(m >= -0.03 for m in means)
+            verdicts.append(f"synthetic-only within 3 Dice points of real on every structure: "
+                            f"{'yes' if ok else 'no'} (worst {min(means):+.3f})")
+        if s == "mixed" and means:
+            ok = all(m >= 0 for m in means)
+            verdicts.append(f"mixed at least as good as real on every structure: "
+                            f"{'yes' if ok else 'no'} (worst {min(means):+.3f})")
+    ratio = []
+    real_std = [_get(df, setting="real", instant="all", structure=st, metric="dice")
+                for st in structures]
+    syn_std = [_get(df, setting="synthetic", instant="all", structure=st, metric="dice")
+               for st in structures]
+    if all(r is not None for r in real_std + syn_std):
+        ratio = [b["std"] / a["std"] if a["std"] > 0 else float("inf")
+                 for a, b in zip(real_std, syn_std)]
+        verdicts.append("synthetic-only per-image Dice std at most twice real's: "
+                        f"{'yes' if max(ratio) <= 2 else 'no'} (ratios "
+                        + ", ".join(f"{st} {x:.2f}" for st, x in zip(structures, ratio)) + ")")
+    return lines + [""] + [f"- {v}" for v in verdicts] + [""]
+
+
 def summary_text(df: pd.DataFrame, info: dict) -> str:
-    """summary.md: headline Dice table, references, HD95, label fidelity, distances, caveats."""
+    """summary.md: usefulness headline, Dice over seeds, worst images, HD95, texture, diversity,
+    label fidelity and feature distances."""
     settings: list[str] = info["settings"]
     structures = list(STRUCTURES)
     cfg = info["config"]
+    seeds = info["seeds"]
     lines = ["# Evaluation: does the synthetic dataset help a segmenter on real images?", ""]
     if info["source"] == "phantom":
         lines += [
@@ -95,16 +193,21 @@ def summary_text(df: pd.DataFrame, info: dict) -> str:
         lines += ["Measured on CAMUS (data.source: camus).", ""]
     lines += [
         f"MONAI 2D U-Net (channels {list(cfg['channels'])}, strides 2), DiceCE loss, Adam lr "
-        f"{cfg['lr']}, {cfg['iterations']} iterations of batch {cfg['batch_size']}, seed "
-        f"{cfg['seed']}, identical in every setting; last iterate, no model selection. "
-        f"Augmentation: {info['augmentation']}.",
+        f"{cfg['lr']}, {cfg['iterations']} iterations of batch {cfg['batch_size']}, identical in "
+        f"every setting, trained {len(seeds)} times (segmenter seeds {seeds}); last iterate, no "
+        f"model selection. Augmentation: {info['augmentation']}.",
         "",
         "Training images per setting: "
         + ", ".join(f"{s} {info['n_train'][s]}" for s in settings)
-        + f". Real test split: {info['n_test']} frames ({', '.join(info['instants'])}).",
+        + f" (synthetic: {info['samples_per_mask']:.2g} images per mask on average). Real test "
+        f"split: {info['n_test']} frames ({', '.join(info['instants'])}).",
         "",
-        "## Dice on the real test split (ED and ES pooled, mean ± std over images)",
-        "",
+        "## Usefulness: synthetic and mixed vs real", "",
+        *_usefulness_lines(df, settings, structures),
+        "## Dice on the real test split", "",
+        f"Mean over {info['n_test']} images and {len(seeds)} seeds ± std over images; in brackets "
+        "the std over seeds of the mean. ED and ES pooled; per instant in metrics.csv and "
+        "dice.png, whose lower panel shows every image's Dice.", "",
         "| trained on | " + " | ".join(structures) + " |",
         "|---|" + "---|" * len(structures),
     ]
@@ -112,23 +215,25 @@ def summary_text(df: pd.DataFrame, info: dict) -> str:
         cells = []
         for st in structures:
             r = _get(df, setting=s, instant="all", structure=st, metric="dice")
-            cells.append(_fmt(r["mean"], r["std"]) if r is not None else "n/a")
+            e = _get(df, setting=s, instant="all", structure=st, metric="dice_seed_std")
+            cells.append(f"{_fmt(r['mean'], r['std'])} [{e['mean']:.3f}]"
+                         if r is not None and e is not None else "n/a")
         lines.append(f"| {s} (ours) | " + " | ".join(cells) + " |")
     for name, ref in REFERENCES:
         lines.append(f"| {name} | " + " | ".join(f"{ref[st]:.3f}" for st in structures) + " |")
-    lines += ["", "Per instant (ED / ES) in metrics.csv and dice.png.", "",
-              "## HD95 on the real test split (mm, ED and ES pooled)", "",
+    lines += ["", f"worst.png shows the real test images the {info['worst_setting']}-trained "
+              "segmenter does worst on, with every setting's prediction.", "",
+              "## HD95 on the real test split (mm, ED and ES pooled, all seeds)", "",
               "| trained on | " + " | ".join(structures) + " |",
               "|---|" + "---|" * len(structures)]
     undefined = []
     for s in settings:
         cells = []
         for st in structures:
-            r = _get(df, setting=s, instant="all", structure=st, metric="hd95")
-            cells.append(_fmt(r["mean"], r["std"], 2) if r is not None else "n/a")
+            cells.append(_cell(df, 2, setting=s, instant="all", structure=st, metric="hd95"))
             u = _get(df, setting=s, instant="all", structure=st, metric="hd95_undefined")
             if u is not None and u["mean"] > 0:
-                undefined.append(f"{s}/{st}: {round(u['mean'] * u['n'])} of {u['n']}")
+                undefined.append(f"{s}/{st}: {u['mean']:.1%} of the predictions")
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     lines.append("")
     if undefined:
@@ -138,28 +243,64 @@ def summary_text(df: pd.DataFrame, info: dict) -> str:
     else:
         lines += ["HD95 was defined for every test image (no empty prediction).", ""]
 
-    lines += ["## Label fidelity and distribution distance", ""]
+    lines += ["## Texture: real train vs synthetic images", "",
+              "Per region of the mask, inside the imaging field: grey-level mean and std (mean "
+              "± std over images), and speckle as the local coefficient of variation (std / mean "
+              "in 5×5 windows, averaged over the region). A synthetic image without speckle has "
+              "a much lower value than a real one.", "",
+              "| region | mean: real | mean: synthetic | std: real | std: synthetic "
+              "| speckle: real | speckle: synthetic |", "|---|---|---|---|---|---|---|"]
+    for region in ("LV_cavity", "myocardium", "LA", "outside"):
+        cells = [_cell(df, 1 if m != "speckle_cv" else 3, setting=s, structure=region, metric=m)
+                 for m in ("intensity_mean", "intensity_std", "speckle_cv")
+                 for s in ("real", "synthetic")]
+        lines.append(f"| {region} | " + " | ".join(cells) + " |")
+    lines += ["", "## Diversity", ""]
+    w = _get(df, setting="synthetic", metric="within_mask_spread")
+    if w is not None and w["n"] > 0:
+        lines.append(f"- Between the samples of one mask, outside the labelled structures: "
+                     f"pixel-wise std {w['mean']:.1f} ± {w['std']:.1f} grey levels (over "
+                     f"{int(w['n'])} masks sampled more than once). 0 means every sample of a "
+                     "mask looks the same.")
+    else:
+        lines.append("- Between the samples of one mask: not measured, no mask was sampled more "
+                     "than once (sample.samples_per_mask: 1).")
+    b = [_get(df, setting=s, metric="brightness_spread") for s in ("real", "synthetic")]
+    if all(x is not None for x in b):
+        lines.append(f"- Spread of the mean grey level (gain, grey map) over images: real "
+                     f"{b[0]['mean']:.1f}, synthetic {b[1]['mean']:.1f}.")
+    fsp = [_get(df, setting=s, metric="feature_spread_segfeat") for s in ("real", "synthetic")]
+    if all(x is not None for x in fsp):
+        lines.append(f"- Spread of the images in the real segmenter's feature space (root mean "
+                     f"variance): real {fsp[0]['mean']:.3g}, synthetic {fsp[1]['mean']:.3g}.")
+    lines += ["", "## Label fidelity and distribution distance", ""]
     if "real" in settings:
-        cells = []
-        for st in structures:
-            r = _get(df, setting="synthetic", instant="all", structure=st, metric="label_fidelity_dice")
-            cells.append(f"{st} {_fmt(r['mean'], r['std'])}" if r is not None else f"{st} n/a")
+        cells = [f"{st} {_cell(df, setting='synthetic', instant='all', structure=st, metric='label_fidelity_dice')}"
+                 for st in structures]
         lines += [
             f"Label fidelity (the `real` segmenter on the {info['n_synthetic']} synthetic images, "
-            "Dice against the masks that conditioned them): " + ", ".join(cells) + ".",
+            "Dice against the masks that conditioned them): " + ", ".join(cells) + ". A high "
+            "value does not mean the images are useful for training (a segmenter trained on real "
+            "images reads easy, clean images well).",
             "",
             "Distances on the `real` segmenter's encoder features (global-average-pooled "
-            "bottleneck), against the real train split; the real test split gives the "
-            "reference level of two samples of the same distribution:",
+            "bottleneck). The synthetic images are made from train masks, so the real test split "
+            "is the unbiased reference; the other real split gives the level of two samples of "
+            "the same distribution:",
             "",
-            "| compared with real train | Fréchet distance | KID (mean ± std over subsets) |",
-            "|---|---|---|",
+            "| compared set | FD vs real train | KID vs real train | FD vs real test "
+            "| KID vs real test |",
+            "|---|---|---|---|---|",
         ]
-        for s, label in (("synthetic", "synthetic"), ("real", "real test (reference)")):
-            fd = _get(df, setting=s, instant="all", structure="all", metric="frechet_distance_segfeat")
-            kd = _get(df, setting=s, instant="all", structure="all", metric="kid_segfeat")
-            if fd is not None and kd is not None:
-                lines.append(f"| {label} | {fd['mean']:.4g} | {kd['mean']:.3g} ± {kd['std']:.2g} |")
+        for label, s_train, s_test in (("synthetic", "synthetic", "synthetic"),
+                                       ("real (reference)", "real_test", "real")):
+            fd = _get(df, setting=s_train, metric="frechet_distance_segfeat")
+            kd = _get(df, setting=s_train, metric="kid_segfeat")
+            fdt = _get(df, setting=s_test, metric="frechet_distance_segfeat_test")
+            kdt = _get(df, setting=s_test, metric="kid_segfeat_test")
+            if all(x is not None for x in (fd, kd, fdt, kdt)):
+                lines.append(f"| {label} | {fd['mean']:.4g} | {kd['mean']:.3g} ± {kd['std']:.2g} "
+                             f"| {fdt['mean']:.4g} | {kdt['mean']:.3g} ± {kdt['std']:.2g} |")
         lines.append("")
         lines.append("These features come from a small segmenter trained on few images, not an "
                      "ImageNet network: compare values within this project, not with published FIDs.")
@@ -167,14 +308,14 @@ def summary_text(df: pd.DataFrame, info: dict) -> str:
         lines.append("Not computed: label fidelity, Fréchet distance and KID need the `real` "
                      "setting, which is not in evaluate.settings.")
     lines.append("")
-    fid = df[df.metric == "fid_inception"]
+    fid = df[df.metric.isin(["fid_inception", "fid_inception_test"])]
     if fid.empty:
-        lines.append("The standard FID (Inception-v3) was not computed: evaluate.inception_weights "
-                     "is not set (no ImageNet weights can be downloaded here).")
+        lines.append("The standard FID (Inception-v3) was not computed: set "
+                     "evaluate.inception_weights to a local pytorch-fid Inception weights file.")
     else:
-        parts = [f"{'synthetic' if r.setting == 'synthetic' else 'real test (reference)'} "
+        parts = [f"{r.setting} vs real {'test' if r.metric.endswith('test') else 'train'} "
                  f"{r['mean']:.4g}" for _, r in fid.iterrows()]
-        lines.append("Standard FID (pytorch-fid Inception-v3 pool3 features, against real train): "
+        lines.append("Standard FID (pytorch-fid Inception-v3 pool3 features): "
                      + ", ".join(parts) + ".")
     lines.append("")
     return "\n".join(lines)

@@ -13,12 +13,13 @@ import pandas as pd
 import torch
 
 from ..labels import INSTANTS
-from . import features, metrics, report, segmenter
+from . import features, metrics, report, segmenter, texture
 from .data import ImageSet, load_real, load_synthetic
 
 log = logging.getLogger("cardigan")
 
 SETTINGS = ("real", "synthetic", "mixed")
+WORST_SHOWN = 6  # real test images shown in worst.png
 
 
 def _summary_rows(setting: str, instant: str, per_structure: dict, metric_names: dict) -> list[dict]:
@@ -31,19 +32,53 @@ def _summary_rows(setting: str, instant: str, per_structure: dict, metric_names:
     return rows
 
 
-def segmentation_rows(setting: str, pred: np.ndarray, test: ImageSet, instants: list[str]) -> list[dict]:
-    """Dice, HD95 and the fraction of undefined HD95 per instant (and pooled) and structure."""
-    per_image = metrics.dice_hd95(pred, test.masks, test.spacing)
+def segmentation_rows(setting: str, per_seed: list[dict], test: ImageSet,
+                      instants: list[str]) -> list[dict]:
+    """Dice and HD95 per instant (and pooled) and structure, over segmenter seeds.
+
+    ``per_seed`` holds one :func:`metrics.dice_hd95` result per seed. ``dice``: mean over images
+    and seeds, std over images (averaged over seeds); ``dice_seed_std``: std over seeds of the
+    per-seed mean (n = seeds); ``hd95``: over all finite values; ``hd95_undefined``: share of
+    empty predictions.
+    """
     rows = []
     for instant in [*instants, "all"]:
         sel = np.ones(len(test), bool) if instant == "all" else test.instant == instant
-        sub = {st: {k: v[sel] for k, v in d.items()} for st, d in per_image.items()}
-        rows += _summary_rows(setting, instant, sub, {"dice": "dice", "hd95": "hd95"})
-        for st, d in sub.items():
-            n = int(sel.sum())
-            undefined = float(np.mean(~np.isfinite(d["hd95"]))) if n else float("nan")
-            rows.append(dict(setting=setting, instant=instant, structure=st, metric="hd95_undefined",
-                             mean=undefined, std=float("nan"), n=n))
+        n = int(sel.sum())
+        for st in per_seed[0]:
+            dice = np.stack([d[st]["dice"][sel] for d in per_seed])  # (seeds, images)
+            hd = np.stack([d[st]["hd95"][sel] for d in per_seed])
+            seed_means = dice.mean(axis=1) if n else np.full(len(per_seed), np.nan)
+            image_std = float(np.mean(dice.std(axis=1))) if n else float("nan")
+            rows.append(dict(setting=setting, instant=instant, structure=st, metric="dice",
+                             mean=float(dice.mean()) if n else float("nan"), std=image_std, n=n))
+            rows.append(dict(setting=setting, instant=instant, structure=st,
+                             metric="dice_seed_std", mean=float(np.std(seed_means)),
+                             std=float("nan"), n=len(per_seed)))
+            hd_mean, hd_std, _ = metrics.summarise(hd.ravel())
+            rows.append(dict(setting=setting, instant=instant, structure=st, metric="hd95",
+                             mean=hd_mean, std=hd_std, n=n))
+            undefined = float(np.mean(~np.isfinite(hd))) if n else float("nan")
+            rows.append(dict(setting=setting, instant=instant, structure=st,
+                             metric="hd95_undefined", mean=undefined, std=float("nan"), n=n))
+    return rows
+
+
+def usefulness_rows(per_seed: dict[str, list[dict]]) -> list[dict]:
+    """The headline: Dice(setting) - Dice(real) per structure, paired by segmenter seed, for
+    ``synthetic`` and ``mixed``: mean and std over seeds."""
+    rows = []
+    if "real" not in per_seed:
+        return rows
+    for setting in ("synthetic", "mixed"):
+        if setting not in per_seed:
+            continue
+        for st in per_seed["real"][0]:
+            diffs = [float(np.mean(a[st]["dice"]) - np.mean(r[st]["dice"]))
+                     for a, r in zip(per_seed[setting], per_seed["real"], strict=True)]
+            rows.append(dict(setting=setting, instant="all", structure=st,
+                             metric="usefulness_dice", mean=float(np.mean(diffs)),
+                             std=float(np.std(diffs)), n=len(diffs)))
     return rows
 
 
@@ -77,6 +112,44 @@ def distance_rows(ref: np.ndarray, others: dict[str, np.ndarray], fd_metric: str
     return rows
 
 
+def texture_rows(real: ImageSet, synth: ImageSet, field: np.ndarray) -> list[dict]:
+    """Per region: intensity mean/std and the speckle statistic, real train vs synthetic."""
+    rows = []
+    for setting, data in (("real", real), ("synthetic", synth)):
+        stats = texture.region_stats(data.images, data.masks, field)
+        for region, per in stats.items():
+            for metric, values in per.items():
+                mean, std, n = metrics.summarise(values)
+                rows.append(dict(setting=setting, instant="all", structure=region,
+                                 metric=metric, mean=mean, std=std, n=n))
+    return rows
+
+
+def diversity_rows(real: ImageSet, synth: ImageSet, field: np.ndarray,
+                   feats: dict[str, np.ndarray] | None) -> list[dict]:
+    """Between-style spread of one mask's samples; brightness and feature spread of each set."""
+    mean, std, n = texture.within_mask_spread(synth.images, synth.masks, synth.group, field)
+    rows = [dict(setting="synthetic", instant="all", structure="outside",
+                 metric="within_mask_spread", mean=mean, std=std, n=n)]
+    for setting, data in (("real", real), ("synthetic", synth)):
+        b = texture.brightness(data.images, field)
+        rows.append(dict(setting=setting, instant="all", structure="all",
+                         metric="brightness_spread", mean=float(np.std(b)),
+                         std=float("nan"), n=len(b)))
+        if feats is not None:
+            rows.append(dict(setting=setting, instant="all", structure="all",
+                             metric="feature_spread_segfeat",
+                             mean=texture.feature_spread(feats[setting]), std=float("nan"),
+                             n=len(feats[setting])))
+    return rows
+
+
+def worst_images(per_seed: list[dict], k: int) -> np.ndarray:
+    """Indices of the ``k`` test images with the lowest Dice (mean over structures and seeds)."""
+    dice = np.mean([np.stack([d[st]["dice"] for st in d]) for d in per_seed], axis=(0, 1))
+    return np.argsort(dice, kind="stable")[:k]
+
+
 def _write_atomic(path: Path, write) -> Path:
     """Write through ``write(tmp_path)`` into a temp file beside ``path``; return the temp path."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,9 +174,10 @@ def run_evaluate(
     metrics_csv: str | Path,
     dice_png: str | Path,
     summary_md: str | Path,
+    worst_png: str | Path,
     threads: int = 1,
 ) -> pd.DataFrame:
-    """Run the whole evaluation and write metrics.csv, dice.png and summary.md.
+    """Run the whole evaluation and write metrics.csv, dice.png, worst.png and summary.md.
 
     ``cfg`` is the validated ``evaluate`` config section. Nothing is written unless every step
     succeeds (outputs are written to temp files and renamed at the end).
@@ -124,49 +198,87 @@ def run_evaluate(
     instants = [i for i in INSTANTS if i in set(test.instant)]
     log.info("real train %d, real test %d, synthetic %d frames", len(train), len(test), len(synth))
 
+    repeats = cfg["repeats"]
+    seeds = [cfg["seed"] + r for r in range(repeats)]
     rows: list[dict] = []
-    trained: dict[str, segmenter.TrainedSegmenter] = {}
+    per_seed: dict[str, list[dict]] = {}
+    first: dict[str, segmenter.TrainedSegmenter] = {}
+    first_pred: dict[str, np.ndarray] = {}
     for setting in settings:
         start = time.perf_counter()
         data = training_sets[setting]
-        seg = segmenter.train_segmenter(
-            data.images, data.masks, iterations=cfg["iterations"], batch_size=cfg["batch_size"],
-            lr=cfg["lr"], seed=cfg["seed"], channels=cfg["channels"], device=device, name=setting)
-        trained[setting] = seg
-        tail = seg.losses[-max(1, len(seg.losses) // 10):]
+        losses = []
+        per_seed[setting] = []
+        for seed in seeds:
+            seg = segmenter.train_segmenter(
+                data.images, data.masks, iterations=cfg["iterations"],
+                batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed, channels=cfg["channels"],
+                device=device, name=f"{setting} seed {seed}")
+            pred = segmenter.predict(seg, test.images)
+            per_seed[setting].append(metrics.dice_hd95(pred, test.masks, test.spacing))
+            tail = seg.losses[-max(1, len(seg.losses) // 10):]
+            losses.append(float(np.mean(tail)))
+            if setting not in first:
+                first[setting], first_pred[setting] = seg, pred
         rows.append(dict(setting=setting, instant="all", structure="all", metric="train_loss_final",
-                         mean=float(np.mean(tail)), std=float(np.std(tail)), n=len(tail)))
-        rows += segmentation_rows(setting, segmenter.predict(seg, test.images), test, instants)
-        log.info("setting %s: trained and tested in %.1f s", setting, time.perf_counter() - start)
+                         mean=float(np.mean(losses)), std=float(np.std(losses)), n=len(losses)))
+        rows += segmentation_rows(setting, per_seed[setting], test, instants)
+        log.info("setting %s: %d segmenters trained and tested in %.1f s", setting, repeats,
+                 time.perf_counter() - start)
+    rows += usefulness_rows(per_seed)
 
-    if "real" in trained:
-        seg = trained["real"]
+    field = texture.imaging_field(train.images)
+    rows += texture_rows(train, synth, field)
+    feats = None
+    if "real" in first:
+        seg = first["real"]
         rows += fidelity_rows(segmenter.predict(seg, synth.images), synth)
-        ref = segmenter.encoder_features(seg, train.images)
-        rows += distance_rows(ref, {"synthetic": segmenter.encoder_features(seg, synth.images),
-                                    "real": segmenter.encoder_features(seg, test.images)},
+        feats = {"real": segmenter.encoder_features(seg, train.images),
+                 "synthetic": segmenter.encoder_features(seg, synth.images),
+                 "real_test": segmenter.encoder_features(seg, test.images)}
+        # Synthetic images are made from train masks: the test split is the unbiased reference.
+        rows += distance_rows(feats["real"], {"synthetic": feats["synthetic"],
+                                              "real_test": feats["real_test"]},
                               "frechet_distance_segfeat", "kid_segfeat", cfg["seed"])
+        rows += distance_rows(feats["real_test"], {"synthetic": feats["synthetic"],
+                                                   "real": feats["real"]},
+                              "frechet_distance_segfeat_test", "kid_segfeat_test", cfg["seed"])
     else:
         log.info("label fidelity and feature distances skipped: 'real' is not in evaluate.settings")
+    rows += diversity_rows(train, synth, field, feats)
 
     if cfg.get("inception_weights"):
         start = time.perf_counter()
         net = features.load_fid_inception(cfg["inception_weights"])
         ref = features.inception_features(net, train.images, device)
-        rows += distance_rows(ref, {"synthetic": features.inception_features(net, synth.images, device),
-                                    "real": features.inception_features(net, test.images, device)},
+        ref_test = features.inception_features(net, test.images, device)
+        syn_feats = features.inception_features(net, synth.images, device)
+        rows += distance_rows(ref, {"synthetic": syn_feats, "real_test": ref_test},
                               "fid_inception", None, cfg["seed"])
+        rows += distance_rows(ref_test, {"synthetic": syn_feats, "real": ref},
+                              "fid_inception_test", None, cfg["seed"])
         log.info("standard FID computed in %.1f s", time.perf_counter() - start)
     else:
         log.info("standard FID not computed: evaluate.inception_weights is not set")
 
+    worst_setting = "synthetic" if "synthetic" in per_seed else settings[0]
+    worst = worst_images(per_seed[worst_setting], min(WORST_SHOWN, len(test)))
     df = report.metrics_frame(rows)
     info = dict(settings=settings, source=source, config=cfg, augmentation=segmenter.AUGMENTATION,
                 n_train={s: len(training_sets[s]) for s in settings}, n_test=len(test),
-                n_synthetic=len(synth), instants=instants)
+                n_synthetic=len(synth), instants=instants, seeds=seeds,
+                worst_setting=worst_setting,
+                samples_per_mask=len(synth) / max(1, len(set(synth.group))))
+    per_image = {s: np.mean([np.stack([d[st]["dice"] for st in d]) for d in per_seed[s]], axis=0)
+                 for s in settings}  # (structures, test images), mean over seeds
     outputs = [
         (Path(metrics_csv), lambda p: p.write_bytes(report.csv_bytes(df))),
-        (Path(dice_png), lambda p: report.plot_dice(df, settings, [*instants, "all"], p)),
+        (Path(dice_png), lambda p: report.plot_dice(df, settings, [*instants, "all"], p,
+                                                    per_image)),
+        (Path(worst_png), lambda p: report.plot_worst(
+            test.images[worst], test.masks[worst],
+            {s: first_pred[s][worst] for s in settings},
+            per_image[worst_setting][:, worst].mean(axis=0), worst_setting, p)),
         (Path(summary_md), lambda p: p.write_text(report.summary_text(df, info))),
     ]
     tmps: list[Path] = []

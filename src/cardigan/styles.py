@@ -1,0 +1,129 @@
+"""Where each synthetic image's style comes from: one home for style codes and their provenance.
+
+A mask says where the structures are; the *style* says how the acquisition looks (gain, contrast,
+image quality, dropout, sector, speckle). The generator takes it in one of three ways
+(:class:`cardigan.model.ModelConfig`):
+
+- mask-only (``use_vae: false``, ``noise_dim: 0``): no style input, one image per mask;
+- VAE (``use_vae``): a code ``z`` that the encoder infers from a real image during training. At
+  sampling time ``z`` comes either from the **real** style bank -- the encoder's posterior for
+  every training image, stored in the generator file at the end of training, so a style is that
+  of a real acquisition and no training data is needed to sample -- or from the **prior**
+  N(0, I);
+- 3D noise (``noise_dim`` > 0, as in OASIS): ``z`` ~ N(0, I) concatenated to the mask.
+
+With ``texture_noise`` every image also gets its own per-pixel noise map (its speckle).
+
+Every draw comes from a ``torch.Generator`` seeded with the sample's own seed, so a sample does
+not depend on the batch it is in. :func:`style_label` is the provenance string written per
+sample (``real:patient0003_4CH_ED``, ``prior``, ``noise`` or ``none``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .model import ModelConfig
+
+#: Values of ``sample.style_source``.
+STYLE_SOURCES = ("real", "prior")
+BANK_KEY = "style_bank"
+
+
+@dataclass(frozen=True)
+class StyleBank:
+    """The encoder's posterior N(mu, exp(logvar)) for each training image, with its id."""
+
+    mu: torch.Tensor  # (N, z_dim) float32
+    logvar: torch.Tensor  # (N, z_dim) float32
+    ids: tuple[str, ...]
+
+    def to_extra(self) -> dict:
+        """The form stored in the generator file's ``extra`` (loads with weights_only=True)."""
+        return {"mu": self.mu.float().cpu(), "logvar": self.logvar.float().cpu(),
+                "ids": list(self.ids)}
+
+    @classmethod
+    def from_extra(cls, extra: dict) -> StyleBank | None:
+        d = extra.get(BANK_KEY)
+        if not d:
+            return None
+        mu, logvar, ids = d["mu"], d["logvar"], tuple(d["ids"])
+        if mu.shape != logvar.shape or mu.dim() != 2 or len(ids) != mu.shape[0]:
+            raise ValueError(f"style bank of inconsistent shapes: mu {tuple(mu.shape)}, logvar "
+                             f"{tuple(logvar.shape)}, {len(ids)} ids")
+        return cls(mu.float(), logvar.float(), ids)
+
+
+@torch.no_grad()
+def encode_bank(encoder: nn.Module, images: np.ndarray, ids: Sequence[str],
+                device: torch.device, batch_size: int = 32) -> StyleBank:
+    """Encode (N, H, W) uint8 training images into a :class:`StyleBank` (encoder in eval mode)."""
+    if len(images) != len(ids):
+        raise ValueError(f"{len(images)} images but {len(ids)} ids")
+    was_training = encoder.training
+    encoder.eval()
+    mus, logvars = [], []
+    for lo in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[lo:lo + batch_size]).to(device)
+        x = x.unsqueeze(1).float().div_(127.5).sub_(1.0)
+        mu, logvar = encoder(x)
+        mus.append(mu.float().cpu())
+        logvars.append(logvar.float().cpu())
+    encoder.train(was_training)
+    return StyleBank(torch.cat(mus), torch.cat(logvars), tuple(ids))
+
+
+def style_label(cfg: ModelConfig, source: str, bank: StyleBank | None, index: int | None) -> str:
+    if cfg.use_vae:
+        return f"real:{bank.ids[index]}" if index is not None else "prior"
+    if cfg.noise_dim:
+        return "noise"
+    return "none"
+
+
+def effective_source(cfg: ModelConfig, source: str, bank: StyleBank | None) -> str:
+    """``real`` only where it can be honoured: a VAE generator whose file carries a bank."""
+    if source not in STYLE_SOURCES:
+        raise ValueError(f"config key sample.style_source: {source!r} is not one of "
+                         f"{list(STYLE_SOURCES)}")
+    if cfg.use_vae and source == "real" and bank is not None:
+        return "real"
+    return "prior"
+
+
+def draw_styles(cfg: ModelConfig, seeds: Sequence[int], source: str, bank: StyleBank | None
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
+    """``(z, noise, labels)`` for a batch of samples, each drawn from its own seed.
+
+    ``z`` is (B, style_dim) or None (mask-only); ``noise`` is (B, 1, H, W) or None (no texture
+    noise); ``labels`` the per-sample style provenance.
+    """
+    source = effective_source(cfg, source, bank)
+    zs, noises, labels = [], [], []
+    for seed in seeds:
+        g = torch.Generator().manual_seed(int(seed))
+        index = None
+        if cfg.style_dim:
+            if source == "real":
+                index = int(torch.randint(len(bank.ids), (1,), generator=g))
+                eps = torch.randn(cfg.z_dim, generator=g)
+                zs.append(bank.mu[index] + torch.exp(0.5 * bank.logvar[index]) * eps)
+            else:
+                zs.append(torch.randn(cfg.style_dim, generator=g))
+        if cfg.texture_noise:
+            noises.append(torch.randn(1, cfg.image_size, cfg.image_size, generator=g))
+        labels.append(style_label(cfg, source, bank, index))
+    z = torch.stack(zs) if zs else None
+    noise = torch.stack(noises) if noises else None
+    return z, noise, labels
+
+
+def is_multimodal(cfg: ModelConfig) -> bool:
+    """Whether two samples of one mask can differ."""
+    return bool(cfg.style_dim or cfg.texture_noise)
