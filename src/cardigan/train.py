@@ -1,17 +1,27 @@
 """The SPADE training loop: mask -> image on the extracted train split, resumable exactly.
 
-One function, :func:`train`, does the whole stage (like nanoGPT's or EDM's training loop): load the
-frames into memory, build the networks (:mod:`cardigan.model`), and alternate a generator and a
-discriminator update (:mod:`cardigan.losses`, as in NVlabs/SPADE) for ``epochs`` passes over the
-data, keeping an exponential moving average (EMA) of the generator's weights for sampling.
+One function, :func:`train`, does the whole stage (in the spirit of EDM's ``training_loop``): load
+the frames into memory, build the networks (:mod:`cardigan.model`), and alternate a generator and
+a discriminator update (:func:`train_step`, :mod:`cardigan.losses`, as in NVlabs/SPADE) for
+``epochs`` passes over the data, keeping an exponential moving average (EMA) of the generator's
+weights for sampling. Where things live:
+
+- :mod:`cardigan.train_state`: ``TrainingState`` (networks, EMA, optimisers, lr schedules,
+  iteration, loss log; ``state_dict``/``load_state_dict`` = the checkpoint's keys), ``Plan`` (the
+  run's arithmetic), ``Batches``, ``select_state`` (which saved state to continue);
+- :mod:`cardigan.train_log`: ``LossLogger`` (running means, progress bar, log lines),
+  ``SampleGrid``, ``LiveView`` (the loss table in the state folder as training goes,
+  TensorBoard when installed);
+- here: the config, :func:`train_step`, the loop (``_train``), the declared outputs, launching.
 
 Choices worth knowing:
 
 - **Exact resume.** Everything that determines the next iteration is in one checkpoint
   (:mod:`cardigan.checkpoint`): weights, optimiser and lr-schedule states, the iteration count (the
   epoch and the batch within it follow from it, the epoch's order is regenerated from
-  ``(seed, epoch)``), the RNG states of every process, and the partial loss averages of the current
-  logging interval. On the CPU a run killed after k iterations and started again ends with the
+  ``(seed, epoch)``), the RNG states of every process (each its own CUDA device's only, so a
+  state resumes with fewer GPUs visible), and the partial loss averages of the current logging
+  interval. On the CPU a run killed after k iterations and started again ends with the
   same weights, log rows and sample grids, bit for bit, as one that was never interrupted.
 - **Stale weights are never reused.** A state is valid for a *fingerprint*: the hash of the model
   config, every training setting that changes the weights (not ``epochs``, not the
