@@ -77,11 +77,8 @@ from . import __version__
 from .atomic import atomic_dir, write_text_atomic
 from .checkpoint import (
     STATE_NAME,
-    CheckpointError,
     capture_rng,
-    check_model_config,
     fingerprint_dir,
-    load_state,
     restore_rng,
     save_state,
 )
