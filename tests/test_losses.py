@@ -48,9 +48,11 @@ def test_feature_matching_hand_computed_and_real_detached():
 
 def test_kl_loss():
     assert kl_loss(torch.zeros(3, 5), torch.zeros(3, 5)).item() == 0.0
-    # per sample: 0.5 * 5 * 1; averaged over the batch, so the batch size does not matter
+    # mu = 1, logvar = 0: 0.5 per element, summed over z, averaged over the batch
     assert kl_loss(torch.ones(3, 5), torch.zeros(3, 5)).item() == pytest.approx(2.5)
-    assert kl_loss(torch.ones(7, 5), torch.zeros(7, 5)).item() == pytest.approx(2.5)
+    # a per-sample mean: the same for any batch size (its weight does not change with gpus)
+    mu, lv = torch.randn(2, 5), torch.randn(2, 5)
+    assert kl_loss(mu.repeat(4, 1), lv.repeat(4, 1)).item() == pytest.approx(kl_loss(mu, lv).item())
     # mu = 0, logvar = log 4: -0.5 (1 + log 4 - 4) per element
     lv = torch.full((1, 2), torch.log(t(4.0)).item())
     assert kl_loss(torch.zeros(1, 2), lv).item() == pytest.approx(-(1 + 1.3862944 - 4.0))

@@ -48,7 +48,8 @@ def test_manifest_lists_every_output_with_its_hash(run):
     for path, digest in rows.items():
         assert sha256(run / path) == digest, path
     # Nothing the stages wrote is unlisted, besides logs, benchmarks, the training state and
-    # train's throughput.csv (timings, deliberately undeclared: they differ between runs).
+    # train's throughput.csv and TensorBoard logs (timings, deliberately undeclared: they differ
+    # between runs).
     on_disk = {
         f.relative_to(run).as_posix()
         for f in (run / "results").rglob("*")
@@ -57,7 +58,8 @@ def test_manifest_lists_every_output_with_its_hash(run):
     unlisted = {
         p
         for p in on_disk - set(rows)
-        if not p.startswith(("results/logs/", "results/benchmarks/", "results/train/state/"))
+        if not p.startswith(("results/logs/", "results/benchmarks/", "results/train/state/",
+                             "results/train/tensorboard/"))
         and p not in ("results/manifest.tsv", "results/train/throughput.csv")
     }
     assert not unlisted, sorted(unlisted)

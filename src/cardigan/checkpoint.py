@@ -2,8 +2,8 @@
 
 The state holds the generator, discriminator, encoder and EMA weights, both optimisers and lr
 schedules, the position in training (step, epoch, batch within the epoch), the RNG states of
-Python, NumPy, torch and CUDA of every process, and the training history that the declared
-outputs are rebuilt from (log rows, loss accumulators). Everything in it is a tensor or a plain
+Python, NumPy, torch and its CUDA device of every process, and the training history that the
+declared outputs are rebuilt from (log rows, loss accumulators). Everything in it is a tensor or a plain
 Python value, so it loads with ``torch.load(weights_only=True)``: a checkpoint can never run code.
 
 Writes are atomic (temporary file in the same folder, then ``os.replace``): a job killed while
@@ -27,7 +27,9 @@ import torch
 from .atomic import atomic_output
 from .model import ModelConfig
 
-STATE_FORMAT = "cardigan-train-state/1"
+STATE_FORMAT = "cardigan-train-state/2"
+#: States of earlier layouts (the unfused SPADE generator, all GPUs' RNG states): not resumable.
+OLD_STATE_FORMATS = ("cardigan-train-state/1",)
 STATE_NAME = "state.pt"
 
 
@@ -43,29 +45,40 @@ def fingerprint_dir(state_dir: str | Path, fingerprint: str) -> Path:
 # --------------------------------------------------------------------------------------------
 # RNG states as tensors / plain values (weights_only-loadable)
 # --------------------------------------------------------------------------------------------
-def capture_rng() -> dict[str, Any]:
-    """The RNG states of Python, NumPy, torch (CPU) and every CUDA device of this process."""
+def capture_rng(device: torch.device | None = None) -> dict[str, Any]:
+    """The RNG states of this process: Python, NumPy, torch (CPU) and the CUDA device it trains
+    on (``device``; by default the current CUDA device when there is one), not every visible GPU,
+    so that a state resumes with fewer GPUs visible than when it was saved."""
     version, py_state, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    cuda = None
+    if device is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device is not None and device.type == "cuda":
+        cuda = torch.cuda.get_rng_state(device)
     return {
         "python": {"version": version, "state": list(py_state), "gauss": gauss},
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached": float(cached)},
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": cuda,
     }
 
 
-def restore_rng(rng: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng`."""
+def restore_rng(rng: dict[str, Any], device: torch.device | None = None) -> None:
+    """Inverse of :func:`capture_rng`; the CUDA state goes to ``device`` (default: the current
+    CUDA device). A state saved on the CPU restores only the CPU streams."""
     py = rng["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
     nps = rng["numpy"]
     np.random.set_state((nps["kind"], nps["keys"].numpy().astype(np.uint32), nps["pos"],
                          nps["has_gauss"], nps["cached"]))
     torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        if device is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,6 +112,10 @@ def load_state(path: str | Path) -> dict[str, Any]:
             f"training state {path} is corrupt or not a torch file ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); {recover}"
         ) from exc
+    if isinstance(state, dict) and state.get("format") in OLD_STATE_FORMATS:
+        raise CheckpointError(
+            f"training state {path} was written by an older cardiGAN ({state['format']}, "
+            f"another generator layout) and cannot be resumed; {recover}")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(

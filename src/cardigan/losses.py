@@ -2,8 +2,8 @@
 
 Reductions follow NVlabs/SPADE: every GAN/feature-matching term is averaged over the
 discriminator scales; the KL term is summed over z and averaged over the batch (the reference
-sums over the batch too, which makes its weight depend on the batch size and the number of
-processes); the perceptual loss weights relu1_1..relu5_1 by 1/32, 1/16, 1/8, 1/4, 1.
+sums over the batch too), weighted 0.05 by the caller; the perceptual loss weights relu1_1..relu5_1
+by 1/32, 1/16, 1/8, 1/4, 1.
 
 ``generator_losses`` / ``discriminator_losses`` compose the terms into the two halves of one
 training iteration exactly as the reference does (fake and real go through the discriminator in
@@ -51,9 +51,13 @@ def feature_matching_loss(real_preds: Preds, fake_preds: Preds) -> Tensor:
 
 
 def kl_loss(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, 1)) per sample (summed over z), averaged over the batch."""
+    """KL(N(mu, exp(logvar)) || N(0, 1)) per sample: summed over z, averaged over the batch.
+
+    The reference sums over the batch too, so its weight grows with the per-process batch (and
+    changes with the number of GPUs); as a per-sample mean, DDP's gradient averaging gives the
+    global batch's mean and ``lambda_kld`` means the same at any ``batch_size`` and ``gpus``."""
     mu, logvar = mu.float(), logvar.float()
-    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1).mean()
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / mu.shape[0]
 
 
 # --------------------------------------------------------------------------------------------

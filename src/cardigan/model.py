@@ -8,9 +8,13 @@ the upsampling depth divides:
   or a plain ``BatchNorm2d(affine=False)`` that ``nn.SyncBatchNorm.convert_sync_batchnorm`` turns
   into the synchronised batch norm of the paper under DDP); gamma and beta come from a shared
   3x3 conv (``spade_hidden`` channels, 128 in the paper) + ReLU on the mask resized (nearest) to
-  x's size, then one 3x3 conv each.
+  x's size, then a 3x3 conv (one conv here, gamma and beta its two halves of output channels).
 - ``SPADEResBlock``: two (SPADE -> LeakyReLU 0.2 -> 3x3 conv) stages, middle width min(in, out),
   learned 1x1 shortcut (with its own SPADE) when in != out; spectral norm on the block convs.
+  Fused layout, same function: the hidden convs of the block's 2-3 SPADE layers are one conv
+  (they all see the same resized mask), and the shortcut's SPADE reuses norm_0's normalisation of
+  the same input. The mask-only half (hidden activation, gamma, beta) is computed apart
+  (``mask_features``), so several styles of one mask share it.
 - ``SPADEGenerator``: start map at ``image_size / 2**ups`` (from the mask through a 3x3 conv, or
   from z through a linear layer with the VAE), head (16 ngf) -> middle x2 (16 ngf) -> up blocks
   (8, 4, 2, 1 ngf [, ngf/2 for "most"]) with nearest x2 upsampling, LeakyReLU, 3x3 conv, tanh.
@@ -26,13 +30,15 @@ the upsampling depth divides:
 
 Weights are initialised like the reference (xavier normal, gain 0.02; zero biases), drawing only
 from torch's global RNG, so a model built after ``torch.manual_seed(s)`` is always the same.
-Spectral norm uses ``torch.nn.utils.parametrizations.spectral_norm``: it survives ``deepcopy``
-(EMA), ``state_dict`` round trips, DDP with several forwards per step, and ``torch.compile``.
+Spectral norm is our :class:`SpectralNormFP32` parametrization (torch's estimate and state_dict
+keys, but the power iteration and sigma in fp32 under autocast): it survives ``deepcopy`` (EMA),
+``state_dict`` round trips, DDP with several forwards per step, and ``torch.compile``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +46,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import parametrize, skip_init
 
 from .atomic import atomic_output
 
@@ -48,7 +54,9 @@ UPSAMPLINGS = {"normal": 5, "more": 6, "most": 7}
 NORMS = ("instance", "batch")
 INIT_GAIN = 0.02  # the reference's init_variance, used as the xavier gain
 LRELU_SLOPE = 0.2
-GENERATOR_FORMAT = "cardigan-generator/1"
+GENERATOR_FORMAT = "cardigan-generator/2"
+#: Older generator files that load_generator still reads (converted on load).
+LEGACY_GENERATOR_FORMATS = ("cardigan-generator/1",)
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,7 +79,7 @@ class ModelConfig:
     use_vae: bool = False
     z_dim: int = 256
     noise_dim: int = 0  # OASIS-style 3D noise channels beside the mask (0: none)
-    texture_noise: bool = False  # per-pixel noise injected after every block (speckle)
+    texture_noise: bool = False  # per-pixel noise added after every generator block (speckle)
 
     def __post_init__(self) -> None:
         for name in ("label_nc", "image_size", "ngf", "ndf", "spade_hidden", "num_D",
@@ -129,7 +137,7 @@ class ModelConfig:
 
     @property
     def style_dim(self) -> int:
-        """Length of the per-image style vector ``z`` (0: the generator is mask-only)."""
+        """Length of the per-image style vector ``z`` (0: the generator takes none)."""
         if self.use_vae:
             return self.z_dim
         return self.noise_dim
@@ -205,6 +213,60 @@ def _init(layer: nn.Module) -> nn.Module:
     return layer
 
 
+class SpectralNormFP32(nn.Module):
+    """Spectral-norm parametrization ``W / sigma(W)`` whose power iteration and sigma always run
+    in fp32, also inside a bf16 autocast region.
+
+    Same estimate, buffers (``_u``, ``_v``) and state_dict keys as
+    ``torch.nn.utils.parametrizations.spectral_norm`` (one power iteration per training forward,
+    none in eval mode), but CUDA autocast puts ``torch.mv`` on its lower-precision list, so there
+    u, v and sigma would come out bf16 (and torch 2.3's ``vdot`` refuses fp32 x bf16). Here
+    autocast is switched off for those few vector operations and u/v are read as fp32 whatever
+    dtype they were handed.
+    """
+
+    def __init__(self, weight: torch.Tensor, n_power_iterations: int = 1, eps: float = 1e-12):
+        super().__init__()
+        mat = weight.detach().flatten(1)
+        self.eps = eps
+        self.n_power_iterations = n_power_iterations
+        u = mat.new_empty(mat.shape[0]).normal_(0, 1)
+        v = mat.new_empty(mat.shape[1]).normal_(0, 1)
+        self.register_buffer("_u", F.normalize(u, dim=0, eps=eps))
+        self.register_buffer("_v", F.normalize(v, dim=0, eps=eps))
+        self._power_method(mat, 15)
+
+    @torch.no_grad()
+    def _power_method(self, mat: torch.Tensor, iterations: int) -> None:
+        u, v = self._u.float(), self._v.float()
+        for _ in range(iterations):
+            u = F.normalize(torch.mv(mat, v), dim=0, eps=self.eps)
+            v = F.normalize(torch.mv(mat.t(), u), dim=0, eps=self.eps)
+        # In place: DDP broadcasts these buffers and the EMA copies them.
+        self._u.copy_(u)
+        self._v.copy_(v)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(weight.device.type, enabled=False):
+            w32 = weight.float()
+            mat = w32.flatten(1)
+            if self.training:
+                self._power_method(mat.detach(), self.n_power_iterations)
+            u = self._u.float().clone(memory_format=torch.contiguous_format)
+            v = self._v.float().clone(memory_format=torch.contiguous_format)
+            sigma = torch.vdot(u, torch.mv(mat, v))
+            return (w32 / sigma).to(weight.dtype)
+
+    def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+
+def spectral_norm(layer: nn.Module) -> nn.Module:
+    """Register :class:`SpectralNormFP32` on ``layer.weight`` (``layer.parametrizations.weight``)."""
+    parametrize.register_parametrization(layer, "weight", SpectralNormFP32(layer.weight))
+    return layer
+
+
 def conv(cin: int, cout: int, k: int, stride: int = 1, padding: int | None = None,
          bias: bool = True, sn: bool = False) -> nn.Module:
     """An initialised Conv2d, spectral-normalised when ``sn`` (init first, so u/v match it)."""
@@ -231,42 +293,100 @@ def disc_norm(kind: str, channels: int) -> nn.Module:
     return _init(nn.BatchNorm2d(channels, affine=True))
 
 
+def _fused_conv(parts: Sequence[nn.Conv2d]) -> nn.Conv2d:
+    """One Conv2d computing ``parts`` (same input, kernel, stride, padding) side by side: their
+    weights and biases concatenated along the output channels. Built without drawing from the RNG
+    (the parts were initialised, in the order the separate layers used to be, before)."""
+    first = parts[0]
+    fused = skip_init(nn.Conv2d, first.in_channels, sum(p.out_channels for p in parts),
+                      first.kernel_size, first.stride, first.padding)
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([p.weight for p in parts]))
+        fused.bias.copy_(torch.cat([p.bias for p in parts]))
+    return fused
+
+
+def _modulate(normed: torch.Tensor, gamma_beta: torch.Tensor) -> torch.Tensor:
+    """``normed * (1 + gamma) + beta``; with ``k`` times more rows in ``normed`` than in
+    ``gamma_beta`` (k styles per mask), rows ``i*k .. i*k+k-1`` use mask ``i``."""
+    gamma, beta = gamma_beta.chunk(2, dim=1)
+    n, m = normed.shape[0], gamma_beta.shape[0]
+    if n == m:
+        return normed * (1 + gamma) + beta
+    if n % m:
+        raise ValueError(f"{n} feature rows cannot share the features of {m} masks")
+    out = normed.unflatten(0, (m, n // m)) * (1 + gamma.unsqueeze(1)) + beta.unsqueeze(1)
+    return out.flatten(0, 1)
+
+
 class SPADE(nn.Module):
-    """Spatially-adaptive normalisation: ``norm(x) * (1 + gamma(seg)) + beta(seg)``."""
+    """The per-layer part of a spatially-adaptive normalisation ``norm(x) * (1 + gamma) + beta``:
+    the parameter-free norm (absent when the block reuses another layer's normalised input) and
+    one 3x3 conv giving gamma and beta (its first and second half of output channels) from the
+    block's shared hidden activation of the mask."""
 
-    def __init__(self, channels: int, label_nc: int, hidden: int, norm: str):
+    def __init__(self, channels: int, label_nc: int, hidden: int, norm: str | None):
         super().__init__()
-        self.norm = param_free_norm(norm, channels)
-        self.shared = nn.Sequential(conv(label_nc, hidden, 3), nn.ReLU())
-        self.gamma = conv(hidden, channels, 3)
-        self.beta = conv(hidden, channels, 3)
-
-    def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        seg = F.interpolate(seg, size=x.shape[-2:], mode="nearest")
-        actv = self.shared(seg)
-        return self.norm(x) * (1 + self.gamma(actv)) + self.beta(actv)
+        self.channels, self.hidden = channels, hidden
+        if norm is not None:
+            self.norm = param_free_norm(norm, channels)
+        # Initialised as two separate convs (gamma then beta), as in the paper's layout, so the
+        # initial weights are those of separate layers (xavier's scale depends on fan-out).
+        self._init_hidden = conv(label_nc, hidden, 3)
+        self.gamma_beta = _fused_conv([conv(hidden, channels, 3), conv(hidden, channels, 3)])
 
 
 class SPADEResBlock(nn.Module):
-    """Two (SPADE -> LeakyReLU -> 3x3 conv) stages plus a (learned when in != out) shortcut."""
+    """Two (SPADE -> LeakyReLU -> 3x3 conv) stages plus a (learned when in != out) shortcut.
+
+    The mask-only half of the block (:meth:`mask_features`: mask -> shared hidden activation ->
+    gamma/beta of every SPADE layer) is separate from the half that sees the features
+    (:meth:`forward`), so several styles of one mask can share it. Its layout is fused: one conv
+    computes the hidden activations of all the block's SPADE layers (``shared``: 2 or 3 x
+    ``spade_hidden`` channels), one conv per layer computes gamma and beta together, and the
+    shortcut's SPADE reuses ``norm_0``'s normalisation of the same input. Same function as three
+    separate SPADE layers (``convert_legacy_state_dict`` maps the old weights).
+    """
 
     def __init__(self, cin: int, cout: int, cfg: ModelConfig):
         super().__init__()
         mid = min(cin, cout)
-        args = (cfg.seg_nc, cfg.spade_hidden, cfg.norm_G)
-        self.norm_0 = SPADE(cin, *args)
-        self.conv_0 = conv(cin, mid, 3, sn=True)
-        self.norm_1 = SPADE(mid, *args)
-        self.conv_1 = conv(mid, cout, 3, sn=True)
         self.learned_shortcut = cin != cout
+        args = (cfg.seg_nc, cfg.spade_hidden)
+        # Construction order = the RNG order of the unfused layout (norm_0, conv_0, norm_1,
+        # conv_1, norm_s, conv_s), so a seed gives the same initial function as before.
+        self.norm_0 = SPADE(cin, *args, cfg.norm_G)
+        self.conv_0 = conv(cin, mid, 3, sn=True)
+        self.norm_1 = SPADE(mid, *args, cfg.norm_G)
+        self.conv_1 = conv(mid, cout, 3, sn=True)
+        layers = [self.norm_0, self.norm_1]
         if self.learned_shortcut:
-            self.norm_s = SPADE(cin, *args)
+            self.norm_s = SPADE(cin, *args, None)  # normalises like norm_0: computed once
             self.conv_s = conv(cin, cout, 1, bias=False, sn=True)
+            layers.append(self.norm_s)
+        self.shared = _fused_conv([layer._init_hidden for layer in layers])
+        for layer in layers:
+            del layer._init_hidden
+        self.hidden = cfg.spade_hidden
 
-    def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        x_s = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
-        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), LRELU_SLOPE))
-        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), LRELU_SLOPE))
+    def spade_layers(self) -> list[SPADE]:
+        """The SPADE layers in the order of ``shared``'s output channel groups."""
+        return [self.norm_0, self.norm_1] + ([self.norm_s] if self.learned_shortcut else [])
+
+    def mask_features(self, seg: torch.Tensor) -> list[torch.Tensor]:
+        """Per SPADE layer, gamma and beta concatenated, from the one-hot mask already resized
+        (nearest) to this block's input size."""
+        actv = F.relu(self.shared(seg))
+        h = self.hidden
+        return [layer.gamma_beta(actv[:, i * h:(i + 1) * h])
+                for i, layer in enumerate(self.spade_layers())]
+
+    def forward(self, x: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        normed = self.norm_0.norm(x)
+        x_s = self.conv_s(_modulate(normed, features[2])) if self.learned_shortcut else x
+        dx = self.conv_0(F.leaky_relu(_modulate(normed, features[0]), LRELU_SLOPE))
+        dx = self.conv_1(F.leaky_relu(_modulate(self.norm_1.norm(dx), features[1]),
+                                      LRELU_SLOPE))
         return x_s + dx
 
 
@@ -276,16 +396,20 @@ class SPADEResBlock(nn.Module):
 class SPADEGenerator(nn.Module):
     """One-hot mask (and a style) -> (B,1,H,W) image in [-1, 1].
 
-    Styles: with the VAE, ``z`` (B, z_dim) replaces the downsampled mask as the start map (the
-    paper's multimodal SPADE); with ``noise_dim`` > 0, ``z`` (B, noise_dim) is replicated over
-    the image and concatenated to the mask that every SPADE layer reads (OASIS's 3D noise).
-    With ``texture_noise``, a per-pixel N(0, 1) map ``noise`` (B, 1, H, W) is added, with a
-    learned per-channel scale, after every block (average-pooled to the block's resolution and
-    rescaled so it stays unit variance): the generator's source of speckle. Missing ``z`` or
-    ``noise`` are drawn from torch's global RNG.
-    """
+    Styles (:mod:`cardigan.styles`): with the VAE, ``z`` (B, z_dim) replaces the downsampled mask
+    as the start map (the paper's multimodal SPADE); with ``noise_dim`` > 0, ``z`` (B, noise_dim)
+    is replicated over the image and concatenated to the mask every SPADE layer reads (OASIS's
+    3D noise). With ``texture_noise``, a per-pixel N(0, 1) map ``noise`` (B, 1, H, W) is added,
+    with a learned per-channel scale (zero at the start), after every block, average-pooled to
+    the block's resolution and rescaled to unit variance: the generator's source of speckle.
+    Missing ``z`` or ``noise`` are drawn from torch's global RNG.
 
-    BLOCKS = ("head_0", "G_middle_0", "G_middle_1", "up_0", "up_1", "up_2", "up_3", "up_4")
+    Several styles per mask: ``forward(seg, z, noise)`` with ``k * B`` rows of ``z``/``noise``
+    for ``B`` masks gives ``k * B`` images, rows ``i*k .. i*k+k-1`` for mask ``i``; the mask-only
+    part of every SPADE layer (about two thirds of the FLOPs at 256 px) is then computed once per
+    mask. To reuse it across calls, pass ``cached=generator.mask_features(seg)``. (With 3D
+    noise the SPADE layers read the noise too: nothing is mask-only, so there is no cache.)
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -307,48 +431,79 @@ class SPADEGenerator(nn.Module):
             self.up_4 = SPADEResBlock(nf, nf // 2, cfg)
             final_nc = nf // 2
         self.conv_img = conv(final_nc, 1, 3)
+        # (block, upsample its input first?) in order; side of block i = start * 2**(ups so far)
+        more = cfg.num_upsampling_layers in ("more", "most")
+        self.plan: list[tuple[str, bool]] = [
+            ("head_0", False), ("G_middle_0", True), ("G_middle_1", more), ("up_0", True),
+            ("up_1", True), ("up_2", True), ("up_3", True)]
+        if cfg.num_upsampling_layers == "most":
+            self.plan.append(("up_4", True))
         if cfg.texture_noise:
             self.noise_scale = nn.ParameterDict({
                 name: nn.Parameter(torch.zeros(1, getattr(self, name).conv_1.out_channels, 1, 1))
-                for name in self.BLOCKS if hasattr(self, name)
-            })
+                for name, _ in self.plan})
 
     @staticmethod
     def up(x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, scale_factor=2, mode="nearest")
 
-    def _block(self, name: str, x: torch.Tensor, seg: torch.Tensor,
-               noise: torch.Tensor | None) -> torch.Tensor:
-        x = getattr(self, name)(x, seg)
-        if noise is None:
-            return x
-        k = noise.shape[-1] // x.shape[-1]
-        # The mean of k*k unit-variance values has variance 1/k^2: times k keeps it at 1.
-        n = F.avg_pool2d(noise, k) * k if k > 1 else noise
-        return x + self.noise_scale[name] * n.to(x.dtype)
+    def _check_seg(self, seg: torch.Tensor) -> None:
+        if seg.dim() != 4 or seg.shape[1] != self.cfg.label_nc:
+            raise ValueError(f"seg must be a (B,{self.cfg.label_nc},H,W) one-hot map, got shape "
+                             f"{tuple(seg.shape)}")
+
+    def _block_inputs(self):
+        """(block, upsample first?, side of its input) for every SPADE block, in order."""
+        side = self.cfg.start_size
+        for name, upsample in self.plan:
+            side *= 2 if upsample else 1
+            yield getattr(self, name), upsample, side
+
+    def mask_features(self, seg: torch.Tensor) -> list[list[torch.Tensor]]:
+        """The mask-only part of every SPADE layer (gamma and beta, per block and layer), to pass
+        as ``forward(seg, z, cached=...)`` for any number of styles of these masks."""
+        self._check_seg(seg)
+        if self.cfg.noise_dim:
+            raise ValueError("a generator with 3D noise (noise_dim > 0) has no mask-only "
+                             "features to cache: its SPADE layers read the noise too")
+        return [block.mask_features(F.interpolate(seg, size=(side, side), mode="nearest"))
+                for block, _, side in self._block_inputs()]
+
+    def _rows(self, seg: torch.Tensor, z: torch.Tensor | None, noise: torch.Tensor | None) -> int:
+        """Images to make: ``k * B`` for ``B`` masks, from the rows of the styles given."""
+        b = seg.shape[0]
+        rows = {t.shape[0] for t in (z, noise) if t is not None} or {b}
+        if len(rows) != 1 or next(iter(rows)) % b:
+            raise ValueError(f"z and noise must have the same number of rows, a multiple of the "
+                             f"{b} masks; got {[t.shape[0] for t in (z, noise) if t is not None]}")
+        return rows.pop()
 
     def forward(self, seg: torch.Tensor, z: torch.Tensor | None = None,
-                noise: torch.Tensor | None = None) -> torch.Tensor:
+                noise: torch.Tensor | None = None,
+                cached: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
         cfg = self.cfg
-        if seg.dim() != 4 or seg.shape[1] != cfg.label_nc:
-            raise ValueError(
-                f"seg must be a (B,{cfg.label_nc},H,W) one-hot map, got shape {tuple(seg.shape)}"
-            )
-        b = seg.shape[0]
+        self._check_seg(seg)
         s = cfg.start_size
-        if cfg.style_dim and z is None:
-            z = torch.randn(b, cfg.style_dim, device=seg.device)
-        if cfg.style_dim and tuple(z.shape) != (b, cfg.style_dim):
-            raise ValueError(f"z must be ({b}, {cfg.style_dim}), got {tuple(z.shape)}")
+        n = self._rows(seg, z if cfg.style_dim else None,
+                       noise if cfg.texture_noise else None)
+        if cfg.style_dim:
+            if z is None:
+                z = torch.randn(n, cfg.style_dim, device=seg.device)
+            if tuple(z.shape) != (n, cfg.style_dim):
+                raise ValueError(f"z must be ({n}, {cfg.style_dim}), got {tuple(z.shape)}")
         if cfg.texture_noise:
             if noise is None:
-                noise = torch.randn(b, 1, *seg.shape[-2:], device=seg.device)
-            if tuple(noise.shape) != (b, 1, *seg.shape[-2:]):
-                raise ValueError(f"noise must be ({b}, 1, {seg.shape[-2]}, {seg.shape[-1]}), "
-                                 f"got {tuple(noise.shape)}")
+                noise = torch.randn(n, 1, *seg.shape[-2:], device=seg.device)
+            if tuple(noise.shape) != (n, 1, *seg.shape[-2:]):
+                raise ValueError(f"noise must be ({n}, 1, {seg.shape[-2]}, {seg.shape[-1]}), got "
+                                 f"{tuple(noise.shape)}")
         else:
             noise = None
         if cfg.noise_dim:
+            if cached is not None:
+                raise ValueError("cached mask features cannot be used with 3D noise "
+                                 "(noise_dim > 0)")
+            seg = seg.repeat_interleave(n // seg.shape[0], dim=0)
             planes = z.to(seg.dtype)[:, :, None, None].expand(-1, -1, *seg.shape[-2:])
             seg = torch.cat([seg, planes], dim=1)
         if cfg.use_vae:
@@ -357,17 +512,22 @@ class SPADEGenerator(nn.Module):
                 x = x.contiguous(memory_format=torch.channels_last)
         else:
             x = self.fc(F.interpolate(seg, size=(s, s), mode="nearest"))
-
-        x = self._block("head_0", x, seg, noise)
-        x = self.up(x)
-        x = self._block("G_middle_0", x, seg, noise)
-        if cfg.num_upsampling_layers in ("more", "most"):
-            x = self.up(x)
-        x = self._block("G_middle_1", x, seg, noise)
-        for name in ("up_0", "up_1", "up_2", "up_3"):
-            x = self._block(name, self.up(x), seg, noise)
-        if cfg.num_upsampling_layers == "most":
-            x = self._block("up_4", self.up(x), seg, noise)
+            x = x.repeat_interleave(n // x.shape[0], dim=0)
+        if cached is not None and len(cached) != len(self.plan):
+            raise ValueError(f"cached holds {len(cached)} blocks' features, the generator has "
+                             f"{len(self.plan)}: pass generator.mask_features(seg)")
+        for i, ((name, _), (block, upsample, side)) in enumerate(
+                zip(self.plan, self._block_inputs())):
+            if upsample:
+                x = self.up(x)
+            features = (cached[i] if cached is not None else
+                        block.mask_features(F.interpolate(seg, size=(side, side), mode="nearest")))
+            x = block(x, features)
+            if noise is not None:
+                k = noise.shape[-1] // x.shape[-1]
+                # The mean of k*k unit-variance values has variance 1/k^2: times k keeps it 1.
+                pooled = F.avg_pool2d(noise, k) * k if k > 1 else noise
+                x = x + self.noise_scale[name] * pooled.to(x.dtype)
         x = self.conv_img(F.leaky_relu(x, LRELU_SLOPE))
         return torch.tanh(x)
 
@@ -481,6 +641,32 @@ def unwrap(module: nn.Module) -> nn.Module:
             return module
 
 
+def convert_legacy_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A generator state_dict of the unfused SPADE layout (``cardigan-generator/1``: per SPADE
+    layer ``shared.0``, ``gamma``, ``beta`` convs and a norm each) in today's fused layout: the
+    hidden convs of a block concatenated into ``shared`` (order norm_0, norm_1, norm_s), gamma and
+    beta into ``gamma_beta``; the shortcut's norm buffers (batch-norm statistics, identical to
+    norm_0's since both normalised the same input) are dropped. Other keys pass unchanged."""
+    out: dict[str, torch.Tensor] = {}
+    blocks = sorted({k.split(".norm_0.shared.0.")[0] for k in state if ".norm_0.shared.0." in k})
+    for k, v in state.items():
+        if not any(k.startswith(b + ".norm_") for b in blocks):
+            out[k] = v
+    for b in blocks:
+        layers = [n for n in ("norm_0", "norm_1", "norm_s") if f"{b}.{n}.gamma.weight" in state]
+        for part in ("weight", "bias"):
+            out[f"{b}.shared.{part}"] = torch.cat([state[f"{b}.{n}.shared.0.{part}"]
+                                                   for n in layers])
+            for n in layers:
+                out[f"{b}.{n}.gamma_beta.{part}"] = torch.cat(
+                    [state[f"{b}.{n}.gamma.{part}"], state[f"{b}.{n}.beta.{part}"]])
+        for k, v in state.items():
+            for n in ("norm_0", "norm_1"):
+                if k.startswith(f"{b}.{n}.norm."):
+                    out[k] = v
+    return out
+
+
 def save_generator(path, generator: nn.Module, cfg: ModelConfig, extra: dict | None = None) -> None:
     """Write the generator weights and its ModelConfig atomically (tmp file + os.replace).
 
@@ -509,7 +695,8 @@ def load_generator(path, map_location: Any = "cpu") -> tuple[SPADEGenerator, Mod
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip/pickle errors: the file is corrupt or not a torch file
         raise ValueError(f"{path} is not a readable cardiGAN generator file: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != GENERATOR_FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in (GENERATOR_FORMAT,
+                                                                       *LEGACY_GENERATOR_FORMATS):
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(
             f"{path} is not a cardiGAN generator file (format {found!r}, "
@@ -519,7 +706,10 @@ def load_generator(path, map_location: Any = "cpu") -> tuple[SPADEGenerator, Mod
         cfg = ModelConfig.from_dict(payload["model_config"])
         with torch.random.fork_rng(devices=[]):  # building draws from the RNG: keep the caller's
             generator = SPADEGenerator(cfg)
-        generator.load_state_dict(payload["state_dict"])
+        weights = payload["state_dict"]
+        if payload["format"] in LEGACY_GENERATOR_FORMATS:
+            weights = convert_legacy_state_dict(weights)
+        generator.load_state_dict(weights)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"{path} is a corrupt cardiGAN generator file: {exc}") from exc
     if map_location is not None:

@@ -1,17 +1,27 @@
 """The SPADE training loop: mask -> image on the extracted train split, resumable exactly.
 
-One function, :func:`train`, does the whole stage (like nanoGPT's or EDM's training loop): load the
-frames into memory, build the networks (:mod:`cardigan.model`), and alternate a generator and a
-discriminator update (:mod:`cardigan.losses`, as in NVlabs/SPADE) for ``epochs`` passes over the
-data, keeping an exponential moving average (EMA) of the generator's weights for sampling.
+One function, :func:`train`, does the whole stage (in the spirit of EDM's ``training_loop``): load
+the frames into memory, build the networks (:mod:`cardigan.model`), and alternate a generator and
+a discriminator update (:func:`train_step`, :mod:`cardigan.losses`, as in NVlabs/SPADE) for
+``epochs`` passes over the data, keeping an exponential moving average (EMA) of the generator's
+weights for sampling. Where things live:
+
+- :mod:`cardigan.train_state`: ``TrainingState`` (networks, EMA, optimisers, lr schedules,
+  iteration, loss log; ``state_dict``/``load_state_dict`` = the checkpoint's keys), ``Plan`` (the
+  run's arithmetic), ``Batches``, ``select_state`` (which saved state to continue);
+- :mod:`cardigan.train_log`: ``LossLogger`` (running means, progress bar, log lines),
+  ``SampleGrid``, ``LiveView`` (the loss table in the state folder as training goes,
+  TensorBoard when installed);
+- here: the config, :func:`train_step`, the loop (``_train``), the declared outputs, launching.
 
 Choices worth knowing:
 
 - **Exact resume.** Everything that determines the next iteration is in one checkpoint
   (:mod:`cardigan.checkpoint`): weights, optimiser and lr-schedule states, the iteration count (the
   epoch and the batch within it follow from it, the epoch's order is regenerated from
-  ``(seed, epoch)``), the RNG states of every process, and the partial loss averages of the current
-  logging interval. On the CPU a run killed after k iterations and started again ends with the
+  ``(seed, epoch)``), the RNG states of every process (each its own CUDA device's only, so a
+  state resumes with fewer GPUs visible), and the partial loss averages of the current logging
+  interval. On the CPU a run killed after k iterations and started again ends with the
   same weights, log rows and sample grids, bit for bit, as one that was never interrupted.
 - **Stale weights are never reused.** A state is valid for a *fingerprint*: the hash of the model
   config, every training setting that changes the weights (not ``epochs``, not the
@@ -41,12 +51,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
-import csv
 import dataclasses
 import datetime
+import functools
 import hashlib
-import io
 import json
 import logging
 import os
@@ -54,7 +62,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,17 +72,13 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import __version__
 from .atomic import atomic_dir, write_text_atomic
 from .checkpoint import (
     STATE_NAME,
-    CheckpointError,
     capture_rng,
-    check_model_config,
     fingerprint_dir,
-    load_state,
     restore_rng,
     save_state,
 )
@@ -84,9 +87,21 @@ from .dataio import iter_frames, mask_key
 from .device import bf16_autocast_enabled
 from .device import resolve_device as _resolve_device
 from .losses import VGGPerceptualLoss, discriminator_losses, generator_losses
-from .model import ModelConfig, build_models, save_generator
-from .styles import BANK_KEY, StyleBank, draw_styles, encode_bank, is_multimodal
-from .plots import label_rgb, plot_losses, save_grid
+from .model import ModelConfig, save_generator
+from .styles import BANK_KEY, StyleBank, encode_bank
+from .plots import plot_losses
+from .train_log import TENSORBOARD_DIR, LiveView, LossLogger, SampleGrid, csv_text
+from .train_state import (  # noqa: F401  (lr_factor ... one_hot_unchecked: re-exported)
+    Batches,
+    Plan,
+    TrainingState,
+    ema_decay_at,
+    ema_update,
+    epoch_order,
+    lr_factor,
+    one_hot_unchecked,
+    select_state,
+)
 
 log = logging.getLogger("cardigan")
 
@@ -98,13 +113,14 @@ OUTPUTS = {
     "losses": "losses.png",
     "samples": "samples",
 }
+#: Bumped when the same settings would train other weights (2: fused SPADE layout, KL per
+#: sample), so that states of the earlier code are left alone instead of resumed.
+TRAINER_VERSION = 2
 THROUGHPUT_NAME = "throughput.csv"  # timings: beside the outputs, deliberately not declared
 #: Settings that do not change the trained weights (or, for epochs, only how far training goes):
 #: left out of the state fingerprint so that changing them resumes instead of retraining.
 NOT_FINGERPRINTED = ("epochs", "log_every", "checkpoint_every", "sample_every", "device", "gpus",
                      "amp", "channels_last", "compile")
-GRID_MASKS = 6  # fixed masks in every sample grid
-GRID_STYLES = 2  # fixed styles per mask when the generator takes a style input
 
 
 @dataclass(frozen=True)
@@ -241,46 +257,8 @@ def fingerprinted_settings(cfg: TrainConfig, image_size: int, data_hash: str) ->
         settings.pop("lambda_kld")  # unused: changing it must not throw a state away
     if not cfg.perceptual_weights:
         settings.pop("lambda_vgg")
-    return {"model": cfg.model_config(image_size).to_dict(), "train": settings, "data": data_hash}
-
-
-def lr_factor(step: int, total_steps: int, decay_start: int) -> float:
-    """Multiplier of the base lr for the update at (0-based) iteration ``step``: 1 until
-    ``decay_start``, then linear to 0 at ``total_steps``."""
-    if step < decay_start:
-        return 1.0
-    return max(0.0, (total_steps - step) / max(1, total_steps - decay_start))
-
-
-def ema_decay_at(update: int, decay: float) -> float:
-    """EMA decay for the ``update``-th (0-based) update, with warm-up."""
-    return min(decay, (1.0 + update) / (10.0 + update))
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """``ema = decay * ema + (1 - decay) * model`` for parameters; buffers (spectral-norm
-    vectors, batch-norm statistics) are copied."""
-    e_params = [p for p in ema.parameters()]
-    m_params = [p.detach() for p in model.parameters()]
-    if len(e_params) != len(m_params):
-        raise ValueError("EMA and model have different parameter lists")
-    torch._foreach_lerp_(e_params, m_params, 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
-        b_ema.copy_(b)
-
-
-def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The shuffled frame order of one epoch, regenerated from (seed, epoch) on resume."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def one_hot_unchecked(mask: torch.Tensor, label_nc: int) -> torch.Tensor:
-    """One-hot of masks already validated by :func:`load_training_data`: no value check, so no
-    host-device sync per batch (``cardigan.model.one_hot`` checks and syncs)."""
-    b, h, w = mask.shape
-    out = torch.zeros(b, label_nc, h, w, device=mask.device)
-    return out.scatter_(1, mask.long().unsqueeze(1), 1.0)
+    return {"model": cfg.model_config(image_size).to_dict(), "train": settings, "data": data_hash,
+            "trainer": TRAINER_VERSION}
 
 
 def train_step(
@@ -375,34 +353,12 @@ def _all_gather(obj: Any, world: int) -> list[Any]:
 # --------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------
-def _csv_text(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_fmt(row[c]) for c in columns])
-    return buf.getvalue()
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.6g}" if isinstance(v, float) else str(v)
-
-
 def _replace_dir(src: Path, dst: Path) -> None:
     """Copy folder ``src`` to ``dst`` through a temporary sibling, then swap it in."""
     with atomic_dir(dst) as tmp:
         if src.is_dir():
             for f in sorted(src.iterdir()):
                 shutil.copy2(f, tmp / f.name)
-
-
-def _grid_rows(masks: np.ndarray, reals: np.ndarray, fakes: np.ndarray, label_nc: int
-               ) -> list[list[np.ndarray]]:
-    """Rows of a sample grid: mask (colour), real image, then one generated image per style."""
-    rows = []
-    for i in range(len(masks)):
-        rows.append([label_rgb(masks[i], label_nc), reals[i]] + [f[i] for f in fakes])
-    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -459,310 +415,152 @@ def _train(*, images_h5, annos_h5, out_dir: Path, state_dir: Path, cfg: TrainCon
            image_size: int, resume, progress, rank: int, world: int, device: torch.device
            ) -> TrainResult:
     is_main = rank == 0
-    cuda = device.type == "cuda"
-    if cfg.batch_size % world:
-        raise ValueError(f"config key train.batch_size: {cfg.batch_size} is not divisible by "
-                         f"the {world} processes (train.gpus): it is the global batch")
-    local_batch = cfg.batch_size // world
     model_cfg = cfg.model_config(image_size)
-
-    # ---- data: in memory (on the GPU when training there), validated before anything else
-    images_np, masks_np = load_training_data(images_h5, annos_h5, image_size=image_size,
-                                             label_nc=cfg.label_nc)
-    n = len(images_np)
-    steps_per_epoch = n // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"config key train.batch_size: {cfg.batch_size} is larger than the "
-                         f"{n} training frames")
-    total_steps = cfg.epochs * steps_per_epoch
-    decay_start = (cfg.epochs // 2) * steps_per_epoch
-    data_hash = data_sha256(images_np, masks_np)
+    if cfg.batch_size % world:  # before reading any data
+        Plan(frames=cfg.batch_size, batch_size=cfg.batch_size, epochs=1, world=world)
+    images, masks = load_training_data(images_h5, annos_h5, image_size=image_size,
+                                       label_nc=cfg.label_nc)
+    plan = Plan(frames=len(images), batch_size=cfg.batch_size, epochs=cfg.epochs, rank=rank,
+                world=world)
+    data_hash = data_sha256(images, masks)
     settings = fingerprinted_settings(cfg, image_size, data_hash)
     fp = config_hash(settings)
-    images_t = torch.from_numpy(images_np).to(device)
-    masks_t = torch.from_numpy(masks_np).to(device)
-
-    # ---- networks, optimisers, schedules (built from the seed on every rank: identical)
-    torch.manual_seed(cfg.seed)
-    G, D, E = build_models(model_cfg)
-    ema = copy.deepcopy(G).eval().requires_grad_(False)
-    vgg = VGGPerceptualLoss(cfg.perceptual_weights) if cfg.perceptual_weights else None
-    if world > 1 and "batch" in (cfg.norm_G, cfg.norm_D):
-        if cuda:  # the paper's synchronised batch norm
-            G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
-            D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
-        elif is_main:
-            log.warning("batch norm under DDP on the CPU: PyTorch's SyncBatchNorm needs CUDA, so "
-                        "each process normalises with its own batch statistics")
-    mem = torch.channels_last if (cuda and cfg.channels_last) else torch.contiguous_format
-    for m in (G, D, E, ema, vgg):
-        if m is not None:
-            m.to(device, memory_format=mem)
-    g_params = list(G.parameters()) + (list(E.parameters()) if E is not None else [])
-    betas = (float(cfg.beta1), float(cfg.beta2))
-    opt_G = torch.optim.Adam(g_params, lr=cfg.lr_G, betas=betas)
-    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr_D, betas=betas)
-
-    def schedule(step: int) -> float:  # a plain function: LambdaLR does not store it
-        return lr_factor(step, total_steps, decay_start)
-
-    sched_G = torch.optim.lr_scheduler.LambdaLR(opt_G, schedule)
-    sched_D = torch.optim.lr_scheduler.LambdaLR(opt_D, schedule)
-    columns = loss_columns(cfg)
-
-    # ---- find the state to resume
     fp_dir = fingerprint_dir(state_dir, fp)
-    state_path = fp_dir / STATE_NAME
-    samples_dir = fp_dir / "samples"
-    if is_main:
-        others = sorted(p.name for p in state_dir.glob("*") if p.is_dir() and p != fp_dir)
-        if others:
-            log.info("%s also holds states of other settings or data (not used here): %s",
-                     state_dir, ", ".join(others))
-    state = _select_state(resume=resume, state_path=state_path, fp=fp, settings=settings,
-                          model_cfg=model_cfg, total_steps=total_steps, is_main=is_main)
-    if world > 1:
-        dist.barrier()  # every rank has read the state before rank 0 may move it aside
-    if state is not None and state["step"] > total_steps:
-        if is_main:
-            aside = fp_dir.with_name(f"{fp_dir.name}.superseded-it{state['step']}")
-            log.warning(
-                "the state in %s has trained %d iterations, more than the %d that train.epochs="
-                "%d asks for: moved it to %s and training again from the start", fp_dir,
-                state["step"], total_steps, cfg.epochs, aside)
-            shutil.rmtree(aside, ignore_errors=True)
-            os.replace(fp_dir, aside)
-        state = None
-    if world > 1:
-        dist.barrier()
-
-    step = 0
-    log_rows: list[dict[str, Any]] = []
-    throughput_rows: list[dict[str, Any]] = []
-    log_acc = torch.zeros(len(columns), dtype=torch.float64, device=device)
-    log_count = 0
-    if state is not None:
-        G.load_state_dict(state["G"])
-        D.load_state_dict(state["D"])
-        if E is not None:
-            E.load_state_dict(state["E"])
-        ema.load_state_dict(state["ema"])
-        opt_G.load_state_dict(state["opt_G"])
-        opt_D.load_state_dict(state["opt_D"])
-        sched_G.load_state_dict(state["sched_G"])
-        sched_D.load_state_dict(state["sched_D"])
-        step = int(state["step"])
-        for opt, sched in ((opt_G, sched_G), (opt_D, sched_D)):
-            # The schedule of the *current* total (more epochs: no longer decaying to 0 here).
-            for group, base in zip(opt.param_groups, sched.base_lrs):
-                group["lr"] = base * schedule(step)
-            sched._last_lr = [g["lr"] for g in opt.param_groups]
-        log_rows = [dict(r) for r in state["log_rows"]]
-        throughput_rows = [dict(r) for r in state["throughput_rows"]]
-        if is_main:
-            log_acc = state["log_acc"]["sum"].to(device=device, dtype=torch.float64)
-        log_count = int(state["log_acc"]["count"])
-        rngs = state["rng"]
-        if len(rngs) == world:
-            restore_rng(rngs[rank])
-        else:
-            torch.manual_seed(cfg.seed * 1000 + step + rank)
-            log.warning("the state was saved by %d processes, this run has %d: the random "
-                        "streams are reseeded (training continues, not bit-exact)",
-                        len(rngs), world)
-        if is_main:
-            log.info("resuming %s at iteration %d/%d (epoch %d, batch %d of %d)", state_path,
-                     step, total_steps, step // steps_per_epoch + 1,
-                     step % steps_per_epoch, steps_per_epoch)
-    else:
-        if is_main:
-            log.info("training from the start; state folder %s", fp_dir)
-            shutil.rmtree(samples_dir, ignore_errors=True)
-        if rank:
-            torch.manual_seed(cfg.seed + rank)  # each process its own z / noise stream
-    if is_main:
-        write_text_atomic(fp_dir / "fingerprint.json", json.dumps(settings, indent=2, sort_keys=True)
-                      + "\n")
-    del state
-
-    # ---- wrappers: DDP for gradient sync, torch.compile when asked
-    G_run, D_run, E_run, D_frozen = G, D, E, D
-    if world > 1:
-        ids = [device.index] if cuda else None
-        G_run = DDP(G, device_ids=ids)
-        D_run = DDP(D, device_ids=ids)
-        E_run = DDP(E, device_ids=ids) if E is not None else None
-    if cfg.compile:
-        G_run, D_run, D_frozen = torch.compile(G_run), torch.compile(D_run), torch.compile(D)
-        E_run = torch.compile(E_run) if E_run is not None else None
-    # bf16 autocast on CUDA, and on CPUs with native bf16 (about 1.6x faster there).
-    amp = bf16_autocast_enabled(device, cfg.amp)
-
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-
-    # ---- fixed masks and style codes for the sample grids
-    grid_idx = np.unique(np.linspace(0, n - 1, min(GRID_MASKS, n)).round().astype(int))
-    grid_seg = one_hot_unchecked(masks_t[grid_idx], cfg.label_nc)
-    grid_styles: list[tuple[torch.Tensor | None, torch.Tensor | None]] = [(None, None)]
-    if is_multimodal(model_cfg):  # fixed draws from their own generators: the RNG is untouched
-        seeds = np.arange(GRID_STYLES * len(grid_idx)).reshape(GRID_STYLES, -1) + cfg.seed
-        grid_styles = [tuple(None if t is None else t.to(device)
-                             for t in draw_styles(model_cfg, row.tolist(), "prior", None)[:2])
-                       for row in seeds]
-
-    def sample_grid(epoch: int) -> None:
-        with torch.no_grad():
-            fakes = [ema(grid_seg, z, noise).float().cpu().numpy()[:, 0]
-                     for z, noise in grid_styles]
-        save_grid(samples_dir / f"epoch_{epoch:04d}.png",
-                  _grid_rows(masks_np[grid_idx], images_np[grid_idx], fakes, cfg.label_nc),
-                  col_titles=["mask", "real"] + ["generated"] * len(fakes),
-                  title=f"epoch {epoch} (iteration {step})", scale=max(1.0, 96 / image_size))
-
-    def checkpoint() -> None:
-        acc = log_acc.clone()
-        if world > 1:
-            dist.all_reduce(acc)
-        rngs = _all_gather(capture_rng(), world)
-        if is_main:
-            save_state(state_path, {
-                "fingerprint": fp, "model_config": model_cfg.to_dict(), "settings": settings,
-                "step": step, "epoch": step // steps_per_epoch,
-                "batch_in_epoch": step % steps_per_epoch, "steps_per_epoch": steps_per_epoch,
-                "world_size": world, "G": G.state_dict(), "D": D.state_dict(),
-                "E": E.state_dict() if E is not None else None, "ema": ema.state_dict(),
-                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
-                "sched_G": sched_G.state_dict(), "sched_D": sched_D.state_dict(),
-                "rng": rngs, "log_rows": log_rows, "throughput_rows": throughput_rows,
-                "log_acc": {"sum": acc, "count": log_count},
-            })
+    mem = torch.channels_last if device.type == "cuda" and cfg.channels_last else \
+        torch.contiguous_format
+    batches = Batches(images, masks, plan, seed=cfg.seed, label_nc=cfg.label_nc, device=device,
+                      memory_format=mem)
+    columns = loss_columns(cfg)
+    losses = LossLogger(columns, log_every=cfg.log_every, device=device, world=world,
+                        is_main=is_main, epochs=cfg.epochs, batch_size=cfg.batch_size)
+    state = TrainingState(cfg, model_cfg, plan, device, mem, losses)
+    vgg = VGGPerceptualLoss(cfg.perceptual_weights) if cfg.perceptual_weights else None
+    if vgg is not None:
+        vgg.to(device, memory_format=mem)
+    saved = select_state(resume=resume, fp_dir=fp_dir, state_name=STATE_NAME, fp=fp,
+                         settings=settings, model_cfg=model_cfg, total_steps=plan.total_steps,
+                         epochs=cfg.epochs, rank=rank, world=world)
+    _resume_or_start(state, saved, fp_dir=fp_dir, settings=settings, device=device)
+    del saved
+    G, D, E, D_frozen = state.modules_to_run(world=world, device=device, compile_=cfg.compile)
+    amp = bf16_autocast_enabled(device, cfg.amp)  # CUDA, and CPUs with native bf16
+    autocast = functools.partial(_autocast, device.type, amp)
+    grid = SampleGrid(images, masks, batches.masks, model_cfg=model_cfg, seed=cfg.seed,
+                      samples_dir=fp_dir / "samples")
+    live = LiveView(table=fp_dir / OUTPUTS["log_csv"], columns=columns, rows=losses.rows,
+                    tensorboard_dir=out_dir / TENSORBOARD_DIR, start_step=state.step
+                    ) if is_main else None
+    losses.start(state.step, plan.total_steps,
+                 progress_bar=sys.stderr.isatty() if progress is None else progress)
+    if is_main and state.step < plan.total_steps:
+        log.info("%d frames, %d iterations per epoch (batch %d = %d process(es) x %d), "
+                 "%d epochs = %d iterations; device %s%s", plan.frames, plan.steps_per_epoch,
+                 cfg.batch_size, world, plan.local_batch, cfg.epochs, plan.total_steps, device,
+                 " (bf16 autocast)" if amp else "")
 
     # ---- the loop
-    interactive = sys.stderr.isatty() if progress is None else progress
-    bar = None
-    if is_main and interactive and step < total_steps:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total_steps, initial=step, unit="it", dynamic_ncols=True)
-    if is_main and step < total_steps:
-        log.info("%d frames, %d iterations per epoch (batch %d = %d process(es) x %d), "
-                 "%d epochs = %d iterations; device %s%s", n, steps_per_epoch, cfg.batch_size,
-                 world, local_batch, cfg.epochs, total_steps, device,
-                 " (bf16 autocast)" if amp else "")
-    G_run.train()
-    D_run.train()
-    if E_run is not None:
-        E_run.train()
-    t_last, step_last = time.perf_counter(), step
-    while step < total_steps:
-        epoch, batch = divmod(step, steps_per_epoch)
-        order = epoch_order(cfg.seed, epoch, n)
-        idx = order[batch * cfg.batch_size:(batch + 1) * cfg.batch_size]
-        idx = torch.from_numpy(idx[rank * local_batch:(rank + 1) * local_batch]).to(device)
-        real = images_t[idx].unsqueeze(1).float().div_(127.5).sub_(1.0)
-        seg = one_hot_unchecked(masks_t[idx], cfg.label_nc)
-        if mem is torch.channels_last:
-            real = real.contiguous(memory_format=mem)
-            seg = seg.contiguous(memory_format=mem)
-        lr_used = (opt_G.param_groups[0]["lr"], opt_D.param_groups[0]["lr"])
-        terms = train_step(G=G_run, D=D_run, D_frozen=D_frozen, E=E_run, vgg=vgg, opt_G=opt_G,
-                           opt_D=opt_D, seg=seg, real=real, cfg=cfg, autocast=autocast)
-        sched_G.step()
-        sched_D.step()
-        ema_update(ema, G, ema_decay_at(step, cfg.ema_decay))
-        log_acc += torch.stack([terms[c] for c in columns]).double()
-        log_count += 1
-        step += 1
-        epoch_done = step % steps_per_epoch == 0
-        epoch_now = (step - 1) // steps_per_epoch + 1
-
-        if step % cfg.log_every == 0 or step == total_steps:
-            acc = log_acc.clone()
-            if world > 1:
-                dist.all_reduce(acc)
-            means = (acc / (log_count * world)).tolist()
-            log_acc.zero_()
-            log_count = 0
-            now = time.perf_counter()
-            ips = (step - step_last) * cfg.batch_size / max(now - t_last, 1e-9)
-            t_last, step_last = now, step
-            row = {"step": step, "epoch": epoch_now, **dict(zip(columns, means)),
-                   "lr_G": lr_used[0], "lr_D": lr_used[1]}
-            log_rows.append(row)
-            throughput_rows.append({"step": step, "images_per_s": ips})
-            if is_main:
-                summary = " ".join(f"{c} {row[c]:.3f}" for c in columns)
-                if bar is not None:
-                    bar.set_postfix_str(f"{summary} | {ips:.1f} img/s", refresh=False)
-                else:
-                    log.info("epoch %d/%d it %d/%d | %s | lr_G %.2e lr_D %.2e | %.1f img/s",
-                             epoch_now, cfg.epochs, step, total_steps, summary, lr_used[0],
-                             lr_used[1], ips)
-        if bar is not None:
-            bar.update(1)
-        if epoch_done and is_main and (epoch_now % cfg.sample_every == 0
-                                       or epoch_now == cfg.epochs):
-            sample_grid(epoch_now)
-        if step % cfg.checkpoint_every == 0 or step == total_steps:
-            checkpoint()
-    if bar is not None:
-        bar.close()
+    while state.step < plan.total_steps:
+        seg, real = batches(state.step)
+        lrs = state.lrs()
+        terms = train_step(G=G, D=D, D_frozen=D_frozen, E=E, vgg=vgg, opt_G=state.opt_G,
+                           opt_D=state.opt_D, seg=seg, real=real, cfg=cfg, autocast=autocast)
+        state.advance(terms)
+        step = state.step
+        row = losses.after_step(step, plan.total_steps, (step - 1) // plan.steps_per_epoch + 1,
+                                lrs)
+        if row is not None and live is not None:
+            live.row(row, losses.throughput_rows[-1]["images_per_s"])
+        epoch_done = plan.epoch_done(step)
+        if is_main and epoch_done and (epoch_done % cfg.sample_every == 0
+                                       or epoch_done == cfg.epochs):
+            live.grid(grid.save(state.ema, epoch_done, step), step)
+        if step % cfg.checkpoint_every == 0 or step == plan.total_steps:
+            _save_checkpoint(state, fp_dir / STATE_NAME, fp=fp, model_cfg=model_cfg,
+                             settings=settings, device=device)
+    losses.close()
 
     # ---- declared outputs, rebuilt from the state (rank 0 only)
     if is_main:
-        if not (samples_dir / f"epoch_{cfg.epochs:04d}.png").exists():
-            sample_grid(cfg.epochs)  # e.g. a state finished by an older run without this grid
+        live.close()
+        if not grid.path(cfg.epochs).exists():
+            grid.save(state.ema, cfg.epochs, state.step)  # e.g. a state finished long ago
         bank = None
-        if E is not None:  # real acquisitions' styles, so sampling needs no training data
-            bank = encode_bank(E, images_np, training_frame_ids(images_h5, annos_h5), device)
+        if state.E is not None:  # real acquisitions' styles: sampling needs no training data
+            bank = encode_bank(state.E, images, training_frame_ids(images_h5, annos_h5), device)
         _write_outputs(out_dir=out_dir, cfg=cfg, image_size=image_size, model_cfg=model_cfg,
-                       ema=ema, fp=fp, data_hash=data_hash, n=n, images_h5=images_h5,
-                       annos_h5=annos_h5, columns=columns, log_rows=log_rows,
-                       throughput_rows=throughput_rows, samples_dir=samples_dir, step=step,
-                       style_bank=bank, resolved={
+                       ema=state.ema, fp=fp, data_hash=data_hash, n=plan.frames,
+                       images_h5=images_h5, annos_h5=annos_h5, columns=columns,
+                       log_rows=losses.rows, throughput_rows=losses.throughput_rows,
+                       samples_dir=grid.dir, step=state.step, style_bank=bank,
+                       resolved={
                            "device": device.type, "world_size": world,
-                           "batch_per_process": local_batch, "amp_bf16": amp,
+                           "batch_per_process": plan.local_batch, "amp_bf16": amp,
                            "channels_last": mem is torch.channels_last,
-                           "compile": cfg.compile, "steps_per_epoch": steps_per_epoch,
-                           "total_steps": total_steps, "lr_decay_start_step": decay_start,
+                           "compile": cfg.compile, "steps_per_epoch": plan.steps_per_epoch,
+                           "total_steps": plan.total_steps,
+                           "lr_decay_start_step": plan.decay_start,
                        })
-        log.info("training done: %d iterations; outputs in %s, state in %s", step, out_dir,
-                 state_path)
+        log.info("training done: %d iterations; outputs in %s, state in %s", state.step,
+                 out_dir, fp_dir / STATE_NAME)
     if world > 1:
         dist.barrier()
-    return TrainResult(step=step, total_steps=total_steps, fingerprint=fp, state_path=state_path,
-                       generator=G, discriminator=D, encoder=E, ema=ema)
+    return TrainResult(step=state.step, total_steps=plan.total_steps, fingerprint=fp,
+                       state_path=fp_dir / STATE_NAME, generator=state.G,
+                       discriminator=state.D, encoder=state.E, ema=state.ema)
 
 
-def _select_state(*, resume, state_path: Path, fp: str, settings: dict, model_cfg: ModelConfig,
-                  total_steps: int, is_main: bool) -> dict[str, Any] | None:
-    """The state to continue from, or None to start afresh. Refuses (CheckpointError) a
-    corrupt file or one of a different architecture; never silently ignores a file."""
-    path = Path(resume) if resume is not None else state_path
-    if resume is None and not path.exists():
-        return None
-    state = load_state(path)
-    check_model_config(path, state, model_cfg)
-    if state["fingerprint"] != fp:
-        saved = state["settings"]
-        diff = [f"train.{k}" for k in sorted(set(saved["train"]) | set(settings["train"]))
-                if saved["train"].get(k) != settings["train"].get(k)]
-        if saved["data"] != settings["data"]:
-            diff.append("the training data")
-        if resume is None:
-            raise CheckpointError(
-                f"training state {path} belongs to other settings ({', '.join(diff) or '?'}) "
-                f"than the folder it is in; move it away or delete it"
-            )
+def _autocast(device_type: str, enabled: bool) -> contextlib.AbstractContextManager:
+    if enabled:
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _resume_or_start(state: TrainingState, saved: dict[str, Any] | None, *, fp_dir: Path,
+                     settings: dict, device: torch.device) -> None:
+    """Load ``saved`` into ``state`` with this process's random streams, or prepare a fresh
+    start (each process its own noise stream); record the fingerprinted settings."""
+    plan, cfg = state.plan, state.cfg
+    is_main = plan.rank == 0
+    if saved is not None:
+        state.load_state_dict(saved)
+        rngs = saved["rng"]
+        if len(rngs) == plan.world:
+            restore_rng(rngs[plan.rank], device)
+        else:
+            torch.manual_seed(cfg.seed * 1000 + state.step + plan.rank)
+            log.warning("the state was saved by %d processes, this run has %d: the random "
+                        "streams are reseeded (training continues, not bit-exact)",
+                        len(rngs), plan.world)
         if is_main:
-            log.warning("resuming %s although it was trained with other settings: %s differ",
-                        path, ", ".join(diff))
-    if resume is not None and int(state["step"]) > total_steps:
-        raise CheckpointError(f"training state {path} has trained {state['step']} iterations, "
-                              f"more than the {total_steps} of this run: raise train.epochs")
-    return state
+            log.info("resuming %s at iteration %d/%d (epoch %d, batch %d of %d)",
+                     fp_dir / STATE_NAME, state.step, plan.total_steps,
+                     state.step // plan.steps_per_epoch + 1, state.step % plan.steps_per_epoch,
+                     plan.steps_per_epoch)
+    else:
+        if is_main:
+            log.info("training from the start; state folder %s", fp_dir)
+            shutil.rmtree(fp_dir / "samples", ignore_errors=True)
+        if plan.rank:
+            torch.manual_seed(cfg.seed + plan.rank)  # each process its own z / noise stream
+    if is_main:
+        write_text_atomic(fp_dir / "fingerprint.json",
+                          json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
+
+def _save_checkpoint(state: TrainingState, path: Path, *, fp: str, model_cfg: ModelConfig,
+                     settings: dict, device: torch.device) -> None:
+    """Every process takes part (loss sums and RNG states are gathered); rank 0 writes."""
+    plan = state.plan
+    progress = state.state_dict()
+    rngs = _all_gather(capture_rng(device), plan.world)
+    if plan.rank == 0:
+        save_state(path, {
+            "fingerprint": fp, "model_config": model_cfg.to_dict(), "settings": settings,
+            "epoch": state.step // plan.steps_per_epoch,
+            "batch_in_epoch": state.step % plan.steps_per_epoch,
+            "steps_per_epoch": plan.steps_per_epoch, "world_size": plan.world, **progress,
+            "rng": rngs,
+        })
 
 def _write_outputs(*, out_dir: Path, cfg: TrainConfig, image_size: int, model_cfg: ModelConfig,
                    ema: nn.Module, fp: str, data_hash: str, n: int, images_h5, annos_h5,
@@ -787,9 +585,9 @@ def _write_outputs(*, out_dir: Path, cfg: TrainConfig, image_size: int, model_cf
     }
     write_text_atomic(out_dir / OUTPUTS["config"], json.dumps(effective, indent=2) + "\n")
     csv_cols = ["step", "epoch", *columns, "lr_G", "lr_D"]
-    write_text_atomic(out_dir / OUTPUTS["log_csv"], _csv_text(csv_cols, log_rows))
+    write_text_atomic(out_dir / OUTPUTS["log_csv"], csv_text(csv_cols, log_rows))
     write_text_atomic(out_dir / THROUGHPUT_NAME,
-                  _csv_text(["step", "images_per_s"], throughput_rows))
+                  csv_text(["step", "images_per_s"], throughput_rows))
     steps = np.array([r["step"] for r in log_rows])
     data = {c: np.array([r[c] for r in log_rows]) for c in columns}
     plot_losses(out_dir / OUTPUTS["losses"], steps, data,
