@@ -48,14 +48,91 @@ def _with_defaults(cls):
 
 _Validator = _with_defaults(jsonschema.Draft202012Validator)
 
+_NULLS = ("null", "~", "none", "")
+_BOOLS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    """Follow a local ``$ref`` (``#/definitions/...``), keeping sibling keys such as ``default``."""
+    ref = schema.get("$ref")
+    if not ref:
+        return schema
+    target: Any = root
+    for part in ref.lstrip("#/").split("/"):
+        target = target[part]
+    return {**_resolve(target, root), **{k: v for k, v in schema.items() if k != "$ref"}}
+
+
+def _convert(text: str, types: list[str]) -> Any:
+    """``text`` as the first of ``types`` it parses as; ValueError when none fits."""
+    low = text.strip().lower()
+    if "null" in types and low in _NULLS:
+        return None
+    if "boolean" in types and low in _BOOLS:
+        return _BOOLS[low]
+    if "integer" in types:
+        try:
+            return int(text.strip())
+        except ValueError:
+            pass
+    if "number" in types:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            pass
+        else:
+            if value == value and abs(value) != float("inf"):  # NaN/inf never mean a setting
+                return value
+    raise ValueError(text)
+
+
+def coerce(config: Any, schema: dict[str, Any], root: dict[str, Any] | None = None,
+           path: tuple = ()) -> Any:
+    """Turn strings into the integers, numbers, booleans or nulls the schema expects.
+
+    Snakemake reads a nested ``--config 'train={epochs: 300}'`` with every scalar a string
+    (``'300'``); a key whose schema type does not include ``string`` gets its string converted
+    here, inside nested sections and lists too. A string that does not convert raises ConfigError
+    naming the key, the value and the expected type. Returns the (possibly new) value; dicts and
+    lists are updated in place.
+    """
+    root = schema if root is None else root
+    schema = _resolve(schema, root)
+    if isinstance(config, dict):
+        props = schema.get("properties", {})
+        for key, value in config.items():
+            if key in props:
+                config[key] = coerce(value, props[key], root, (*path, key))
+        return config
+    if isinstance(config, list):
+        items = schema.get("items")
+        if isinstance(items, dict):
+            for i, value in enumerate(config):
+                config[i] = coerce(value, items, root, (*path, i))
+        return config
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else list(types)
+    if isinstance(config, str) and "null" in types and config.strip() in ("null", "Null", "NULL", "~"):
+        return None  # YAML's nulls, even where a string is allowed (a path named "null" is not)
+    if isinstance(config, str) and types and "string" not in types:
+        try:
+            return _convert(config, types)
+        except ValueError:
+            expected = " or ".join("a number" if t == "number" else f"{'an' if t[0] in 'aeiou' else 'a'} {t}"
+                                   for t in types)
+            raise ConfigError(f"config key {_key_path(path)}: {config!r} is not {expected}") from None
+    return config
+
 
 def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
-    """Fill defaults into ``config`` (in place) and validate it; return it.
+    """Convert command-line strings (:func:`coerce`), fill defaults into ``config`` (in place)
+    and validate it; return it.
 
     Raises ConfigError with one line naming the offending key, e.g.
     ``config key data.views[0]: '3CH' is not one of ['2CH', '4CH']``.
     """
     schema = yaml.safe_load(Path(schema_path).read_text())
+    coerce(config, schema)
     errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         err = jsonschema.exceptions.best_match(errors)
