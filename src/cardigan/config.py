@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,7 @@ import jsonschema
 import yaml
 
 
-#: The schema every config is validated against (``workflow/schemas/config.schema.yaml`` links here).
-SCHEMA_PATH = Path(__file__).with_name("schemas") / "config.schema.yaml"
+from .defaults import SCHEMA_PATH
 
 
 class ConfigError(ValueError):
@@ -144,8 +143,27 @@ def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> d
     return config
 
 
-def load_config(path: str | Path | None) -> dict[str, Any]:
-    """Read a cardiGAN config YAML (``None``: an empty one) and validate it, defaults filled in."""
+def apply_override(config: dict[str, Any], assignment: str) -> None:
+    """Apply ``section.key=value`` (``value`` read as YAML, nested keys allowed) to ``config``."""
+    key, sep, text = assignment.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise ConfigError(f"--set {assignment}: expected section.key=value, e.g. train.epochs=300")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {assignment}: the value is not valid YAML ({err.problem})") from err
+    node = config
+    for i, part in enumerate(parts[:-1]):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment}: {'.'.join(parts[: i + 1])} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Read a cardiGAN config YAML (``None``: an empty one), apply ``section.key=value``
+    ``overrides`` and validate it, defaults filled in."""
     config: dict[str, Any] = {}
     if path is not None:
         try:
@@ -154,14 +172,17 @@ def load_config(path: str | Path | None) -> dict[str, Any]:
             raise ConfigError(f"config file {path}: {err}") from err
         if not isinstance(config, dict):
             raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(config).__name__}")
+    for assignment in overrides:
+        apply_override(config, assignment)
     return validate(config)
 
 
 def check_semantics(config: Mapping[str, Any]) -> None:
-    """Checks a schema cannot express. Raises ConfigError naming the key."""
+    """Checks a schema cannot express, on a config with its defaults filled in. Raises ConfigError
+    naming the key."""
     data = config["data"]
     if data["source"] == "camus":
-        path = data.get("camus_path")
+        path = data["camus_path"]
         if not path:
             raise ConfigError("config key data.camus_path: required when data.source is camus")
         if not Path(path).exists():
@@ -176,30 +197,30 @@ def check_semantics(config: Mapping[str, Any]) -> None:
         for name in ("training", "validation", "testing"):
             if not (folder / f"subgroup_{name}.txt").is_file():
                 raise ConfigError(f"config key data.split: {folder} has no subgroup_{name}.txt")
-    train = config.get("train", {})
-    weights = train.get("perceptual_weights")
+    train = config["train"]
+    weights = train["perceptual_weights"]
     if weights and not Path(weights).is_file():
         raise ConfigError(f"config key train.perceptual_weights: {weights} is not a file")
-    ups = {"normal": 5, "more": 6, "most": 7}[train.get("num_upsampling_layers", "normal")]
+    ups = {"normal": 5, "more": 6, "most": 7}[train["num_upsampling_layers"]]
     size = data["image_size"]
     if size % (2**ups) != 0:
         raise ConfigError(
             f"config key data.image_size: {size} is not divisible by 2**{ups}, as "
-            f"train.num_upsampling_layers={train.get('num_upsampling_layers', 'normal')} needs"
+            f"train.num_upsampling_layers={train['num_upsampling_layers']} needs"
         )
-    sample = config.get("sample", {})
-    if sample.get("samples_per_mask", 1) > 1 and not train.get("use_vae", False):
+    sample = config["sample"]
+    if sample["samples_per_mask"] > 1 and not train["use_vae"]:
         raise ConfigError(
             "config key sample.samples_per_mask: values above 1 need train.use_vae: true; the "
             "mask-only generator makes the same image for every sample of a mask"
         )
-    if sample.get("mask_path") and not Path(sample["mask_path"]).exists():
+    if sample["mask_path"] and not Path(sample["mask_path"]).exists():
         raise ConfigError(f"config key sample.mask_path: {sample['mask_path']} does not exist")
-    scale = sample.get("augment", {}).get("scale")
+    scale = sample["augment"]["scale"]
     if scale and scale[0] > scale[1]:
         raise ConfigError(f"config key sample.augment.scale: {scale} must be [low, high]")
-    evaluate = config.get("evaluate", {})
-    inception = evaluate.get("inception_weights")
+    evaluate = config["evaluate"]
+    inception = evaluate["inception_weights"]
     if inception and not Path(inception).is_file():
         raise ConfigError(f"config key evaluate.inception_weights: {inception} is not a file")
 

@@ -16,7 +16,8 @@ Choices worth knowing:
 - **Stale weights are never reused.** A state is valid for a *fingerprint*: the hash of the model
   config, every training setting that changes the weights (not ``epochs``, not the
   logging/checkpoint/sample frequencies, not the device, ``gpus``, ``amp``, ``channels_last`` or
-  ``compile``), and the training data itself. States live in ``state_dir/<fingerprint[:16]>/``;
+  ``compile``), the training data itself, and the model code (:mod:`cardigan.model` and what it
+  imports). States live in ``state_dir/<fingerprint[:16]>/``;
   a changed setting starts a new folder and leaves the old one alone. More ``epochs`` continue the
   matching state with the lr schedule of the new total; fewer epochs than the state already has
   move that state aside (``<fingerprint[:16]>.superseded-it<N>``) and train again from the start.
@@ -67,7 +68,7 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import __version__
+from . import __version__, layout
 from .atomic import atomic_dir, write_text_atomic
 from .checkpoint import (
     STATE_NAME,
@@ -79,8 +80,10 @@ from .checkpoint import (
     restore_rng,
     save_state,
 )
+from .code_fingerprint import code_fingerprint
 from .config import config_hash
 from .dataio import iter_frames, mask_key
+from .defaults import default
 from .device import bf16_autocast_enabled
 from .device import resolve_device as _resolve_device
 from .losses import VGGPerceptualLoss, discriminator_losses, generator_losses
@@ -90,13 +93,7 @@ from .plots import label_rgb, plot_losses, save_grid
 log = logging.getLogger("cardigan")
 
 #: Declared outputs of the train rule, by rule output name, relative to ``out_dir``.
-OUTPUTS = {
-    "generator": "generator.pt",
-    "config": "config.json",
-    "log_csv": "train_log.csv",
-    "losses": "losses.png",
-    "samples": "samples",
-}
+OUTPUTS = {name: Path(path).name for name, path in layout.train_outputs().items()}
 THROUGHPUT_NAME = "throughput.csv"  # timings: beside the outputs, deliberately not declared
 #: Settings that do not change the trained weights (or, for epochs, only how far training goes):
 #: left out of the state fingerprint so that changing them resumes instead of retraining.
@@ -108,39 +105,39 @@ GRID_STYLES = 2  # fixed style codes per mask with the VAE
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The ``train`` section of the config (defaults as in workflow/schemas/config.schema.yaml)."""
+    """The ``train`` section of the config; field defaults are the schema's."""
 
-    device: str = "auto"
-    gpus: int = 1
-    seed: int = 0
-    epochs: int = 60
-    batch_size: int = 8
-    ngf: int = 16
-    ndf: int = 16
-    num_upsampling_layers: str = "normal"
-    norm_G: str = "instance"
-    norm_D: str = "instance"
-    spade_hidden: int = 128
-    num_D: int = 2
-    n_layers_D: int = 4
-    label_nc: int = 4
-    use_vae: bool = False
-    z_dim: int = 256
-    lr_G: float = 1e-4
-    lr_D: float = 4e-4
-    beta1: float = 0.0
-    beta2: float = 0.9
-    lambda_feat: float = 10.0
-    lambda_kld: float = 0.05
-    lambda_vgg: float = 10.0
-    perceptual_weights: str | None = None
-    ema_decay: float = 0.999
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    log_every: int = 10
-    checkpoint_every: int = 100
-    sample_every: int = 10
+    device: str = default("train", "device")
+    gpus: int = default("train", "gpus")
+    seed: int = default("train", "seed")
+    epochs: int = default("train", "epochs")
+    batch_size: int = default("train", "batch_size")
+    ngf: int = default("train", "ngf")
+    ndf: int = default("train", "ndf")
+    num_upsampling_layers: str = default("train", "num_upsampling_layers")
+    norm_G: str = default("train", "norm_G")
+    norm_D: str = default("train", "norm_D")
+    spade_hidden: int = default("train", "spade_hidden")
+    num_D: int = default("train", "num_D")
+    n_layers_D: int = default("train", "n_layers_D")
+    label_nc: int = default("train", "label_nc")
+    use_vae: bool = default("train", "use_vae")
+    z_dim: int = default("train", "z_dim")
+    lr_G: float = default("train", "lr_G")
+    lr_D: float = default("train", "lr_D")
+    beta1: float = default("train", "beta1")
+    beta2: float = default("train", "beta2")
+    lambda_feat: float = default("train", "lambda_feat")
+    lambda_kld: float = default("train", "lambda_kld")
+    lambda_vgg: float = default("train", "lambda_vgg")
+    perceptual_weights: str | None = default("train", "perceptual_weights")
+    ema_decay: float = default("train", "ema_decay")
+    amp: bool = default("train", "amp")
+    channels_last: bool = default("train", "channels_last")
+    compile: bool = default("train", "compile")
+    log_every: int = default("train", "log_every")
+    checkpoint_every: int = default("train", "checkpoint_every")
+    sample_every: int = default("train", "sample_every")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -231,7 +228,9 @@ def fingerprinted_settings(cfg: TrainConfig, image_size: int, data_hash: str) ->
         settings.pop("lambda_kld")  # unused: changing it must not throw a state away
     if not cfg.perceptual_weights:
         settings.pop("lambda_vgg")
-    return {"model": cfg.model_config(image_size).to_dict(), "train": settings, "data": data_hash}
+    # The model code too: weights trained by other network code are never resumed.
+    return {"model": cfg.model_config(image_size).to_dict(), "train": settings, "data": data_hash,
+            "model_code": code_fingerprint("cardigan.model")}
 
 
 def lr_factor(step: int, total_steps: int, decay_start: int) -> float:
@@ -735,6 +734,8 @@ def _select_state(*, resume, state_path: Path, fp: str, settings: dict, model_cf
                 if saved["train"].get(k) != settings["train"].get(k)]
         if saved["data"] != settings["data"]:
             diff.append("the training data")
+        if saved.get("model_code") != settings["model_code"]:
+            diff.append("the model code")
         if resume is None:
             raise CheckpointError(
                 f"training state {path} belongs to other settings ({', '.join(diff) or '?'}) "

@@ -1,7 +1,7 @@
 rule export:
     input:
-        samples="results/sample/samples.h5",
-        generator="results/train/generator.pt",
+        samples=rules.sample.output.samples,
+        generator=rules.train.output.generator,
         real_images=extracted(["train"], anno=False),
         real_annos=extracted(["train"], images=False),
     output:
@@ -16,14 +16,15 @@ rule export:
             category="2. Synthetic dataset",
         ),
     log:
-        "results/logs/export.log",
+        layout.stage_log("export"),
     benchmark:
-        "results/benchmarks/export.tsv"
+        layout.benchmark("export")
     conda:
         "../../envs/cardigan.yaml"
     threads: 2
     params:
         export=config["export"],
         provenance=provenance_config(),
+        code=code("export"),
     script:
         "../scripts/export.py"

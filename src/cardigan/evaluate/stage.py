@@ -149,7 +149,7 @@ def run_evaluate(
     else:
         log.info("label fidelity and feature distances skipped: 'real' is not in evaluate.settings")
 
-    if cfg.get("inception_weights"):
+    if cfg["inception_weights"]:
         start = time.perf_counter()
         net = features.load_fid_inception(cfg["inception_weights"])
         ref = features.inception_features(net, train.images, device)
