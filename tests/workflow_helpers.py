@@ -86,9 +86,9 @@ def snakemake(
 _STATS_ROW = re.compile(r"^(\S+)\s+(\d+)$")
 
 
-def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+def planned_jobs(workdir: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, int]:
     """Rules a ``snakemake -n`` would run (name -> job count), without the ``all`` target rule."""
-    proc = snakemake(workdir, "-n", *args)
+    proc = snakemake(workdir, "-n", *args, env=env)
     out = proc.stdout + proc.stderr
     if "Nothing to be done" in out:
         return {}

@@ -146,7 +146,7 @@ def deform_mask(mask: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
     """
     h, w = mask.shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    if params.get("elastic_alpha", 0) > 0:
+    if params["elastic_alpha"] > 0:
         d = _elastic_field((h, w), params["elastic_alpha"], params["elastic_sigma"],
                            params["elastic_seed"])
         yy, xx = yy + d[0], xx + d[1]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -300,14 +299,3 @@ def _write_all(tmp, out_dir, tasks, splits, scan, fmt, views, instants, image_si
     log.info("wrote %s patients (train/valid/test), %d frames to %s",
              "/".join(str(counts[s]) for s in SPLITS), len(rows), out_dir)
     return summary
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m cardigan.extract``: the same as ``cardigan extract``."""
-    from .cli import main as cli_main
-
-    return cli_main(["extract", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

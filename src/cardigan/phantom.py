@@ -30,7 +30,6 @@ import logging
 import math
 import multiprocessing
 import os
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -591,14 +590,3 @@ def _run(jobs: list[tuple], threads: int) -> list[dict]:
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with ProcessPoolExecutor(max_workers=min(threads, len(jobs)), mp_context=ctx) as pool:
         return list(pool.map(_job, jobs, chunksize=1))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m cardigan.phantom``: the same as ``cardigan phantom``."""
-    from .cli import main as cli_main
-
-    return cli_main(["phantom", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
