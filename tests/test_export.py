@@ -15,7 +15,7 @@ from cardigan.config import config_hash, validate
 from cardigan.export import run_export
 from cardigan.masks import toy_heart_mask
 from cardigan.model import ModelConfig, build_models, save_generator
-from cardigan.nnunet import check_nnunet_dataset
+from cardigan.nnunet import check_nnunet_dataset, write_nnunet
 from cardigan.sample import run_sample
 
 SIZE = 64
@@ -61,8 +61,12 @@ def outputs(root):
 
 def export(inputs, root, **kw):
     cfg = {**EXPORT, **kw}
-    return run_export(inputs / "samples.h5", inputs / "g.pt", [inputs / "train_4CH.h5"],
-                      [inputs / "anno_train_4CH.h5"], cfg, PROVENANCE, outputs(root))
+    out = outputs(root)
+    counts = run_export(inputs / "samples.h5", inputs / "g.pt", [inputs / "train_4CH.h5"],
+                        [inputs / "anno_train_4CH.h5"], cfg, PROVENANCE, out)
+    if "nnunet" in cfg["formats"]:  # the workflow's nnunet rule
+        write_nnunet(out["h5"], out["nnunet"], cfg["nnunet"]["dataset_id"], cfg["nnunet"]["name"])
+    return counts
 
 
 @pytest.fixture(scope="module")

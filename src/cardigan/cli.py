@@ -133,6 +133,11 @@ def _export(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
                layout.extracted(["train"], views, annos=False, data_dir=a.data_dir),
                layout.extracted(["train"], views, images=False, data_dir=a.data_dir),
                cfg["export"], provenance, outputs)
+    if "nnunet" in outputs:
+        from .nnunet import write_nnunet
+
+        nn = cfg["export"]["nnunet"]
+        write_nnunet(outputs["h5"], outputs["nnunet"], nn["dataset_id"], nn["name"])
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:

@@ -2,8 +2,10 @@
 
 Outputs (``results/export/``): ``synthetic.h5`` (the dataset, see :func:`write_synthetic_h5`),
 ``preview.png`` (image / overlay pairs), ``dataset_card.md`` (counts, label areas synthetic vs
-real, sources, provenance) and, when ``export.formats`` holds ``nnunet``, an nnU-Net v2 raw
-dataset. Everything is written to temporary names and renamed, and is byte-identical across runs.
+real, sources, provenance). When ``export.formats`` holds ``nnunet``, the nnU-Net v2 raw dataset
+is written from ``synthetic.h5`` by :func:`cardigan.nnunet.write_nnunet` (its own workflow rule,
+so that a change of the nnU-Net writer re-runs only that); the card names its folder. Everything
+is written to temporary names and renamed, and is byte-identical across runs.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from .dataio import iter_frames  # noqa: E402
 from .labels import LABELS  # noqa: E402
 from .manifest import sha256_file  # noqa: E402
 from .masks import load_extracted_masks  # noqa: E402
-from .nnunet import write_nnunet  # noqa: E402
 from .atomic import atomic_output  # noqa: E402
 from .sample import COLUMNS, SampleWriter  # noqa: E402
 
@@ -267,7 +268,8 @@ def run_export(samples_path: str | Path, generator_path: str | Path,
                real_images: Sequence[str | Path], real_annos: Sequence[str | Path],
                export_cfg: Mapping[str, Any], provenance: Mapping[str, Any],
                outputs: Mapping[str, str | Path]) -> dict[str, Any]:
-    """Write every export output; ``outputs`` maps h5, preview, card (and nnunet) to paths."""
+    """Write synthetic.h5, the preview and the card; ``outputs`` maps h5, preview, card (and
+    nnunet: the folder the card names, written by :func:`cardigan.nnunet.write_nnunet`)."""
     formats = list(export_cfg["formats"])
     if "nnunet" in formats and "nnunet" not in outputs:
         raise ValueError("export.formats holds nnunet but no nnunet output folder was given")
@@ -283,8 +285,6 @@ def run_export(samples_path: str | Path, generator_path: str | Path,
     write_preview(outputs["h5"], outputs["preview"])
     nnunet_dir = None
     if "nnunet" in formats:
-        nn = export_cfg["nnunet"]
-        write_nnunet(outputs["h5"], outputs["nnunet"], int(nn["dataset_id"]), str(nn["name"]))
         nnunet_dir = os.path.relpath(outputs["nnunet"], Path(outputs["card"]).parent)
     write_card(outputs["card"], stats, real_areas, sample_attrs, provenance, generator_path,
                generator_sha, formats, nnunet_dir)

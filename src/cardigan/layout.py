@@ -67,9 +67,14 @@ def export_outputs(export_cfg: Mapping[str, Any], export_dir: str = EXPORT_DIR) 
         "card": f"{export_dir}/dataset_card.md",
     }
     if "nnunet" in export_cfg["formats"]:
-        nn = export_cfg["nnunet"]
-        out["nnunet"] = f"{export_dir}/nnunet/Dataset{nn['dataset_id']:03d}_{nn['name']}"
+        out["nnunet"] = nnunet_dir(export_cfg, export_dir)
     return out
+
+
+def nnunet_dir(export_cfg: Mapping[str, Any], export_dir: str = EXPORT_DIR) -> str:
+    """The nnU-Net v2 raw dataset folder (``export.formats`` holding nnunet)."""
+    nn = export_cfg["nnunet"]
+    return f"{export_dir}/nnunet/Dataset{nn['dataset_id']:03d}_{nn['name']}"
 
 
 def evaluate_outputs(evaluate_dir: str = EVALUATE_DIR) -> dict[str, str]:

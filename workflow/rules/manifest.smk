@@ -7,6 +7,7 @@ rule manifest:
         train=rules.train.output,
         sample=rules.sample.output,
         export=rules.export.output,
+        nnunet=(rules.nnunet.output if "nnunet" in config["export"]["formats"] else []),
         evaluate=rules.evaluate.output if config["evaluate"]["enabled"] else [],
     output:
         layout.MANIFEST,

@@ -170,7 +170,8 @@ def summary_text(df: pd.DataFrame, info: dict) -> str:
     fid = df[df.metric == "fid_inception"]
     if fid.empty:
         lines.append("The standard FID (Inception-v3) was not computed: evaluate.inception_weights "
-                     "is not set (no ImageNet weights can be downloaded here).")
+                     "does not name a local pytorch-fid Inception weights file (nothing is "
+                     "downloaded).")
     else:
         parts = [f"{'synthetic' if r.setting == 'synthetic' else 'real test (reference)'} "
                  f"{r['mean']:.4g}" for _, r in fid.iterrows()]
