@@ -844,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default="results/train")
     p.add_argument("--state-dir", default="results/train/state")
     p.add_argument("--train-config", help="YAML/JSON file with the train section")
-    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--image-size", type=int, default=default("data", "image_size"))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--resume", default=None, help="a training-state file to continue from")
     a = p.parse_args(argv)
