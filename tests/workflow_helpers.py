@@ -20,8 +20,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "tests/config/tiny.yaml"
-# What a run needs from the checkout (envs/ only for the rules' `conda:` paths).
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "profiles", "envs", "tests/config"]
+# What a run needs from the checkout (envs/ only for the rules' `conda:` paths, config/ for the presets).
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "config", "workflow", "profiles", "envs", "tests/config"]
 # Generous: a wedged run must fail the test, not hang CI.
 RUN_TIMEOUT_S = 900
 
