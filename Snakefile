@@ -21,4 +21,4 @@ include: "workflow/rules/manifest.smk"
 rule all:
     default_target: True
     input:
-        all_targets(),
+        rules.manifest.output,

@@ -26,13 +26,69 @@ def _merged_tiny_config(dest: Path) -> Path:
     return dest
 
 
-def test_unknown_stage_and_bad_config(tmp_path, capsys):
-    assert main(["bogus"]) == 2
-    assert "unknown stage 'bogus'" in capsys.readouterr().err
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("data:\n  views: [3CH]\n")
-    assert main(["sample", "--config", str(bad)]) == 1
-    assert "config key data.views[0]" in capsys.readouterr().err
+STAGES = ["phantom", "extract", "train", "sample", "export", "evaluate"]
+
+
+def cardigan(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cardigan.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_every_stage_in_one_line_and_version(tmp_path):
+    out = cardigan("--help", cwd=tmp_path).stdout
+    for stage in STAGES:
+        (line,) = [ln for ln in out.splitlines() if ln.strip().startswith(stage + " ")]
+        assert len(line.split(None, 1)[1]) > 10, line
+    version = cardigan("--version", cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("cardigan ")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_is_named_as_typed(stage, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([stage, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: cardigan {stage} ")
+    assert "--config" in out and "--set" in out
+
+
+def test_unknown_stage_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["bogus"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_reads_config_yaml_here_and_errors_in_one_line(stage, tmp_path, monkeypatch,
+                                                                  capsys):
+    monkeypatch.chdir(tmp_path)
+    # ./config.yaml is read by default, like the workflow does
+    (tmp_path / "config.yaml").write_text("data:\n  views: [3CH]\n")
+    assert main([stage]) == 1
+    assert capsys.readouterr().err == (f"cardigan {stage}: error: config key data.views[0]: '3CH' "
+                                       "is not one of ['2CH', '4CH']\n")
+    # --set overrides it, and a bad --set value is named
+    assert main([stage, "--set", "data.views=[4CH]", "--set", "train.epochs=many"]) == 1
+    assert capsys.readouterr().err == (f"cardigan {stage}: error: config key train.epochs: 'many' "
+                                       "is not an integer\n")
+
+
+@pytest.mark.parametrize("stage", STAGES[1:])
+def test_missing_inputs_are_one_line_errors(stage, tmp_path, monkeypatch, capsys):
+    # The config is fine; the previous stage's outputs are absent (phantom has no inputs).
+    monkeypatch.chdir(tmp_path)
+    assert main([stage, "--config", str(REPO / "config.yaml")]) == 1
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith(f"cardigan {stage}: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+
+
+def test_explicit_missing_config_file_is_named(tmp_path, capsys):
+    assert main(["sample", "--config", str(tmp_path / "nope.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cardigan sample: error: config file ") and "nope.yaml" in err
 
 
 @pytest.mark.slow
@@ -44,7 +100,7 @@ def test_sample_cli_matches_the_workflow(tmp_path_factory, tmp_path):
         [sys.executable, "-m", "cardigan.cli", "sample", "--config", str(config),
          "--data-dir", str(run / "results/data"), "--generator",
          str(run / "results/train/generator.pt"), "--out", str(out), "--threads", "2"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert out.read_bytes() == (run / "results/sample/samples.h5").read_bytes()

@@ -119,3 +119,42 @@ def test_snakemake_stops_before_any_job_with_one_clear_message(tmp_path):
     out = proc.stdout + proc.stderr
     assert "config key data.views[0]: '3CH' is not one of ['2CH', '4CH']" in out
     assert not (tmp_path / "results").exists()
+
+
+# Snakemake reads `--config 'train={epochs: 300}'` with every nested scalar a string.
+def test_command_line_strings_become_the_types_the_schema_expects():
+    cfg = validate({
+        "data": {"image_size": "64", "camus_path": "~"},
+        "train": {"epochs": "300", "lr_G": "2e-4", "amp": "false", "use_vae": "True",
+                  "perceptual_weights": "null"},
+        "sample": {"samples_per_mask": "2", "augment": {"scale": ["0.9", "1.1"], "n": "0"}},
+        "evaluate": {"enabled": "no", "channels": ["4", "8"]},
+    }, SCHEMA)
+    assert cfg["data"]["image_size"] == 64 and cfg["data"]["camus_path"] is None
+    assert cfg["train"]["epochs"] == 300 and isinstance(cfg["train"]["epochs"], int)
+    assert cfg["train"]["lr_G"] == pytest.approx(2e-4)
+    assert cfg["train"]["amp"] is False and cfg["train"]["use_vae"] is True
+    assert cfg["train"]["perceptual_weights"] is None
+    assert cfg["sample"]["augment"]["scale"] == [0.9, 1.1]
+    assert cfg["sample"]["augment"]["n"] == 0 and cfg["sample"]["samples_per_mask"] == 2
+    assert cfg["evaluate"]["enabled"] is False and cfg["evaluate"]["channels"] == [4, 8]
+    # Strings stay strings where the schema wants one.
+    assert validate({"export": {"nnunet": {"name": "42"}}}, SCHEMA)[
+        "export"]["nnunet"]["name"] == "42"
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"train": {"epochs": "3x"}}, "config key train.epochs: '3x' is not an integer"),
+        ({"train": {"epochs": "2.5"}}, "config key train.epochs: '2.5' is not an integer"),
+        ({"train": {"lr_G": "fast"}}, "config key train.lr_G: 'fast' is not a number"),
+        ({"evaluate": {"enabled": "maybe"}}, "config key evaluate.enabled: 'maybe' is not a boolean"),
+        ({"sample": {"augment": {"scale": ["a", "1"]}}},
+         "config key sample.augment.scale[0]: 'a' is not a number"),
+    ],
+)
+def test_a_string_that_does_not_convert_is_refused_naming_key_value_and_type(patch, message):
+    with pytest.raises(ConfigError) as err:
+        validate(patch, SCHEMA)
+    assert str(err.value) == message

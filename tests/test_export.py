@@ -11,21 +11,26 @@ import SimpleITK as sitk
 import torch
 import yaml
 
-from cardigan.config import config_hash
+from cardigan.config import config_hash, validate
 from cardigan.export import run_export
 from cardigan.masks import toy_heart_mask
 from cardigan.model import ModelConfig, build_models, save_generator
-from cardigan.nnunet import check_nnunet_dataset
+from cardigan.nnunet import check_nnunet_dataset, write_nnunet
 from cardigan.sample import run_sample
 
 SIZE = 64
 N_PATIENTS = 3
-PROVENANCE = {"data": {"views": ["4CH"], "image_size": SIZE}, "phantom": {"seed": 0},
-              "train": {"ngf": 4}, "sample": {"mask_splits": ["train"], "seed": 0,
-                                              "augment": {"n": 1, "max_tries": 20}},
-              "export": {"formats": ["h5", "nnunet"]}}
-EXPORT = {"formats": ["h5", "nnunet"], "include_real": True,
-          "nnunet": {"dataset_id": 7, "name": "Toy"}}
+# Validated configs, as the stages get them (every key present).
+_CONFIG = validate({"data": {"views": ["4CH"], "image_size": SIZE}, "phantom": {"seed": 0},
+                    "train": {"ngf": 4, "num_upsampling_layers": "normal"},
+                    "sample": {"mask_splits": ["train"], "seed": 0, "device": "cpu",
+                               "batch_size": 4,
+                               "augment": {"n": 1, "max_tries": 20, "elastic_alpha": 3.0,
+                                           "elastic_sigma": 8.0}},
+                    "export": {"formats": ["h5", "nnunet"], "include_real": True,
+                               "nnunet": {"dataset_id": 7, "name": "Toy"}}})
+PROVENANCE = {k: _CONFIG[k] for k in ("data", "phantom", "train", "sample", "export")}
+EXPORT = _CONFIG["export"]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +48,7 @@ def inputs(tmp_path_factory):
                 gt = fa.create_dataset(f"patient{p + 1:04d}_4CH_gt_channel{c}",
                                        data=toy_heart_mask(SIZE, rng))
                 im.attrs["spacing"] = gt.attrs["spacing"] = [0.5, 0.7]
-    sample_cfg = {"samples_per_mask": 1, "batch_size": 4, "seed": 0, "device": "cpu",
-                  "augment": {"n": 1, "elastic_alpha": 3.0, "elastic_sigma": 8.0}}
+    sample_cfg = _CONFIG["sample"]
     run_sample(d / "g.pt", [d / "anno_train_4CH.h5"], [d / "anno_train_4CH.h5"], sample_cfg,
                d / "samples.h5")
     return d
@@ -57,8 +61,12 @@ def outputs(root):
 
 def export(inputs, root, **kw):
     cfg = {**EXPORT, **kw}
-    return run_export(inputs / "samples.h5", inputs / "g.pt", [inputs / "train_4CH.h5"],
-                      [inputs / "anno_train_4CH.h5"], cfg, PROVENANCE, outputs(root))
+    out = outputs(root)
+    counts = run_export(inputs / "samples.h5", inputs / "g.pt", [inputs / "train_4CH.h5"],
+                        [inputs / "anno_train_4CH.h5"], cfg, PROVENANCE, out)
+    if "nnunet" in cfg["formats"]:  # the workflow's nnunet rule
+        write_nnunet(out["h5"], out["nnunet"], cfg["nnunet"]["dataset_id"], cfg["nnunet"]["name"])
+    return counts
 
 
 @pytest.fixture(scope="module")

@@ -174,10 +174,11 @@ def test_cli(tmp_path):
     root = write_nifti2023(tmp_path / "camus", n=3, split=(1, 1, 1))
     out = tmp_path / "data"
     done = subprocess.run(
-        [sys.executable, "-m", "cardigan.extract", str(root), str(out), "--views", "2CH",
-         "--image-size", "16", "--threads", "2"], capture_output=True, text=True)
+        [sys.executable, "-m", "cardigan.cli", "extract", str(root), str(out), "--set", "data.views=[2CH]",
+         "--set", "data.image_size=32", "--threads", "2"], capture_output=True, text=True,
+        cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (out / "anno_valid_2CH.h5").is_file() and not (out / "train_4CH.h5").exists()
-    bad = subprocess.run([sys.executable, "-m", "cardigan.extract", str(tmp_path), str(out)],
-                         capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "cardigan.cli", "extract", str(tmp_path), str(out)],
+                         capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 1 and "cannot tell the CAMUS form" in bad.stderr

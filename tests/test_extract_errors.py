@@ -160,8 +160,8 @@ def test_no_out_dir_created_on_failure(nifti, tmp_path):
 
 def test_cli_exit_code(nifti, tmp_path):
     (nifti / PATIENT / "Info_4CH.cfg").write_text("")
-    done = subprocess.run([sys.executable, "-m", "cardigan.extract", str(nifti), str(tmp_path / "o")],
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "cardigan.cli", "extract", str(nifti), str(tmp_path / "o")],
+                          capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 1
     assert "Info_4CH.cfg: Info cfg file is empty" in done.stderr
     assert not (tmp_path / "o").exists()

@@ -163,7 +163,8 @@ def test_unwritable_results_fails_clearly_and_keeps_outputs(run, tmp_path):
         msg in out
         for msg in ("Write-protected output files", "Read-only file system", "Permission denied")
     ), out[-3000:]
-    assert "results/evaluate/metrics.csv" in out
+    # Which of the protected outputs Snakemake names first is not promised: one of them is named.
+    assert any(f in out for f in ("results/evaluate/", "results/manifest.tsv")), out[-3000:]
     assert tree_hashes(work) == before
     # Writable again, the same run picks up where it stood: evaluate (and the manifest) only.
     assert set(planned_jobs(work)) == {"evaluate", "manifest"}

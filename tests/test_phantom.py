@@ -10,7 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from cardigan import phantom
-from cardigan.phantom import main, split_counts, write_phantom
+from cardigan.cli import main as cli_main
+from cardigan.phantom import split_counts, write_phantom
 
 VIEWS = ("2CH", "4CH")
 CFG_KEYS = ["ED", "ES", "NbFrame", "Sex", "Age", "ImageQuality", "EF", "FrameRate"]
@@ -170,11 +171,12 @@ def test_same_seed_same_bytes_and_patient_independent_of_count(full, lean, tmp_p
 def test_cli_with_workers_matches(lean, tmp_path):
     out = tmp_path / "cli"
     out.mkdir()  # an empty folder (as Snakemake may leave) is filled, not refused
-    assert main([str(out), "--patients", "3", "--seed", "0", "--threads", "2", "--no-sequences"]) == 0
+    assert cli_main(["phantom", str(out), "--set", "phantom.patients=3", "--set", "phantom.seed=0",
+                     "--threads", "2", "--no-sequences"]) == 0
     assert digests(out) == digests(lean)
     # Refuses to overwrite; bad patient counts are named errors.
-    assert main([str(out), "--patients", "3"]) == 2
-    assert main([str(tmp_path / "x"), "--patients", "2"]) == 2
+    assert cli_main(["phantom", str(out), "--set", "phantom.patients=3"]) == 1
+    assert cli_main(["phantom", str(tmp_path / "x"), "--set", "phantom.patients=2"]) == 1
     with pytest.raises(ValueError, match="phantom.patients must be at least 3"):
         write_phantom(tmp_path / "y", patients=2)
     with pytest.raises(FileExistsError, match="not empty"):

@@ -7,15 +7,20 @@ and the evaluate scenario are also run for real, to check that the plan is what 
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
+from cardigan.code_fingerprint import package_root
 from workflow_helpers import clone, edit_tiny, completed_run, planned_jobs, snakemake, tree_hashes
 
 pytestmark = pytest.mark.slow
 
-AFTER_TRAIN = {"sample", "export", "evaluate", "manifest"}
+# The tiny config exports nnU-Net too (rule nnunet, after export).
+AFTER_TRAIN = {"sample", "export", "nnunet", "evaluate", "manifest"}
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +71,68 @@ def test_evaluate_change_really_runs_only_evaluate(run, tmp_path):
     assert {"results/evaluate/metrics.csv", "results/manifest.tsv"} <= changed, changed
     assert all(p.startswith(("results/evaluate/", "results/manifest.tsv")) for p in changed), changed
     assert planned_jobs(work) == {}
+
+
+# ------------------------------------------------------------------------------------------------
+# The README's command-line overrides (Snakemake passes every nested value as a string).
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("sample={seed: 12345}", AFTER_TRAIN),
+        ("data={image_size: 32}", {"extract", "train"} | AFTER_TRAIN),
+        ("evaluate={enabled: false}", {"manifest"}),
+        ("sample={augment: {scale: [0.9, 1.1]}}", AFTER_TRAIN),
+    ],
+)
+def test_command_line_override_reruns_exactly_its_stage_and_after(run, tmp_path, override,
+                                                                   expected):
+    work = clone(run, tmp_path / "run")
+    assert set(planned_jobs(work, "--config", override)) == expected
+
+
+def test_more_epochs_on_the_command_line_continue_the_finished_run(run, tmp_path):
+    work = clone(run, tmp_path / "run")
+    done = json.loads((run / "results/train/config.json").read_text())["resolved"]["total_steps"]
+    snakemake(work, "results/train/generator.pt", "--config", "train={epochs: 3}")
+    log = (work / "results/logs/train.log").read_text()
+    line = next(ln for ln in log.splitlines() if "resuming" in ln)
+    assert f"at iteration {done}/" in line, line
+    total = json.loads((work / "results/train/config.json").read_text())["resolved"]["total_steps"]
+    assert total > done
+
+
+# ------------------------------------------------------------------------------------------------
+# Code changes: each rule's params hold a fingerprint of the package code its script reaches.
+def test_code_edits_rerun_exactly_the_stages_whose_code_changed(run, tmp_path):
+    work = clone(run, tmp_path / "run")
+    pkg = work / "pkg"
+    shutil.copytree(package_root(), pkg / "cardigan", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(pkg), os.environ.get("PYTHONPATH")]))}
+    model, writer = pkg / "cardigan/model.py", pkg / "cardigan/nnunet.py"
+    original = model.read_bytes()
+
+    os.utime(model, None)  # a touch (as a checkout may do): same content
+    os.utime(writer, None)
+    assert planned_jobs(work, env=env) == {}
+
+    model.write_bytes(original + b"\n# edited\n")
+    assert set(planned_jobs(work, env=env)) == {"train"} | AFTER_TRAIN
+
+    model.write_bytes(original)
+    writer.write_text(writer.read_text() + "\n# edited\n")
+    assert set(planned_jobs(work, env=env)) == {"nnunet", "manifest"}
+
+
+# ------------------------------------------------------------------------------------------------
+def test_user_masks_are_inputs_of_sample(run, tmp_path):
+    work = clone(run, tmp_path / "run")
+    masks = work / "my_masks"
+    (masks / "sub").mkdir(parents=True)
+    for name in ("a.png", "sub/b.png"):
+        (masks / name).write_bytes(b"not read by a dry run")
+    proc = snakemake(work, "-n", "results/sample/samples.h5", "--config",
+                     f"sample={{mask_path: {masks}}}")
+    out = proc.stdout + proc.stderr
+    block = out[out.index("rule sample:"):]
+    inputs = next(ln for ln in block.splitlines() if ln.strip().startswith("input:"))
+    assert str(masks / "a.png") in inputs and str(masks / "sub/b.png") in inputs, inputs

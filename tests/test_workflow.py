@@ -16,7 +16,7 @@ from workflow_helpers import REPO, TINY, clone, completed_run, read_manifest, sh
 
 pytestmark = pytest.mark.slow
 
-RULES = ["phantom", "extract", "train", "sample", "export", "evaluate", "manifest"]
+RULES = ["phantom", "extract", "train", "sample", "export", "nnunet", "evaluate", "manifest"]
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "tests/config/tiny.yaml"
-# What a run needs from the checkout (envs/ only for the rules' `conda:` paths).
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "profiles", "envs", "tests/config"]
+# What a run needs from the checkout (envs/ only for the rules' `conda:` paths, config/ for the presets).
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "config", "workflow", "profiles", "envs", "tests/config"]
 # Generous: a wedged run must fail the test, not hang CI.
 RUN_TIMEOUT_S = 900
 
@@ -86,9 +86,9 @@ def snakemake(
 _STATS_ROW = re.compile(r"^(\S+)\s+(\d+)$")
 
 
-def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+def planned_jobs(workdir: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, int]:
     """Rules a ``snakemake -n`` would run (name -> job count), without the ``all`` target rule."""
-    proc = snakemake(workdir, "-n", *args)
+    proc = snakemake(workdir, "-n", *args, env=env)
     out = proc.stdout + proc.stderr
     if "Nothing to be done" in out:
         return {}

@@ -39,6 +39,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.measure import label as connected_components
 
+from .defaults import default
+
 log = logging.getLogger("cardigan")
 
 CAVITY, MYOCARDIUM, ATRIUM = 1, 2, 3
@@ -54,15 +56,15 @@ _CROSS = ndimage.generate_binary_structure(2, 1)
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """``sample.augment`` of the config."""
+    """``sample.augment`` of the config; field defaults are the schema's."""
 
-    n: int = 2
-    rotation_deg: float = 8.0
-    scale: tuple[float, float] = (0.92, 1.08)
-    translation: float = 0.04
-    elastic_alpha: float = 6.0
-    elastic_sigma: float = 12.0
-    max_tries: int = 20
+    n: int = default("sample", "augment", "n")
+    rotation_deg: float = default("sample", "augment", "rotation_deg")
+    scale: tuple[float, float] = default("sample", "augment", "scale")
+    translation: float = default("sample", "augment", "translation")
+    elastic_alpha: float = default("sample", "augment", "elastic_alpha")
+    elastic_sigma: float = default("sample", "augment", "elastic_sigma")
+    max_tries: int = default("sample", "augment", "max_tries")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AugmentConfig:
@@ -144,7 +146,7 @@ def deform_mask(mask: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
     """
     h, w = mask.shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    if params.get("elastic_alpha", 0) > 0:
+    if params["elastic_alpha"] > 0:
         d = _elastic_field((h, w), params["elastic_alpha"], params["elastic_sigma"],
                            params["elastic_seed"])
         yy, xx = yy + d[0], xx + d[1]

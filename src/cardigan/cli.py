@@ -1,114 +1,209 @@
-"""``cardigan`` command: run one stage outside Snakemake (the pipeline itself is the Snakefile).
+"""The ``cardigan`` command: one pipeline stage at a time, outside Snakemake.
 
-    cardigan phantom OUT --patients 50 --seed 0
-    cardigan extract SRC OUT --image-size 256 ...
-    cardigan train --images ... --annos ... --train-config config.yaml
-    cardigan sample   --config config.yaml [--data-dir results/data] [--generator ...] [--out ...]
-    cardigan export   --config config.yaml [--samples ...] [--out-dir results/export]
-    cardigan evaluate --config config.yaml [--synthetic ...] [--out-dir results/evaluate]
-
-phantom, extract and train forward their arguments to the stage module (``--help`` there);
-sample, export and evaluate read their config section from a cardiGAN config file (validated
-like the workflow's) and the other stages' outputs from the workflow's default places.
+Every subcommand reads ``config.yaml`` in the working directory, as the workflow does (or
+``--config FILE``; built-in defaults when there is neither), applies ``--set section.key=value``
+overrides, validates the result like the workflow, and reads and writes the workflow's paths
+(:mod:`cardigan.layout`) unless told otherwise. A config or input mistake ends with one line
+``cardigan STAGE: error: ...`` and exit status 1. The pipeline itself is the Snakefile.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from . import __version__
+from . import __version__, layout
 from .config import ConfigError, load_config
-from .dataio import split_paths
 
-FORWARDED = {"phantom": "cardigan.phantom", "extract": "cardigan.extract", "train": "cardigan.train"}
-LOCAL = ("sample", "export", "evaluate")
+DEFAULT_CONFIG = "config.yaml"
 
-
-def _parser(stage: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"cardigan {stage}")
-    p.add_argument("--config", default=None, help="cardiGAN config YAML (default: built-in defaults)")
-    p.add_argument("--data-dir", default="results/data", help="extracted dataset folder")
-    p.add_argument("--threads", type=int, default=1)
-    return p
+#: Mistakes a user can make (config, paths, data, checkpoints): reported in one line. Other
+#: exceptions are bugs and keep their traceback.
+USER_ERRORS = (ValueError, OSError, RuntimeError)
 
 
-def _sample(argv: list[str]) -> None:
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    path = args.config
+    if path is None and Path(DEFAULT_CONFIG).is_file():
+        path = DEFAULT_CONFIG
+    return load_config(path, args.set)
+
+
+# ------------------------------------------------------------------------------------------------
+# One function per subcommand: add its arguments, run it.
+# ------------------------------------------------------------------------------------------------
+def _phantom_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", nargs="?", default=layout.PHANTOM_DIR,
+                   help=f"output folder, absent or empty (default: {layout.PHANTOM_DIR})")
+    p.add_argument("--no-sequences", dest="sequences", action="store_false",
+                   help="skip the half-sequence files (faster)")
+    p.add_argument("--layout", choices=("nifti2023", "mhd2019"), default="nifti2023",
+                   help="CAMUS release layout to write (default: nifti2023, what the workflow uses)")
+
+
+def _phantom(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
+    from .phantom import write_phantom
+
+    write_phantom(a.out, threads=a.threads, sequences=a.sequences, layout=a.layout,
+                  **cfg["phantom"])
+
+
+def _extract_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", nargs="?", default=None,
+                   help="CAMUS root folder or seed-layout .h5 file (default: data.camus_path, or "
+                   f"{layout.PHANTOM_DIR} when data.source is phantom)")
+    p.add_argument("out_dir", nargs="?", default=layout.DATA_DIR,
+                   help=f"output folder (default: {layout.DATA_DIR})")
+
+
+def _extract(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
+    from .extract import extract
+
+    data = cfg["data"]
+    source = a.source or (layout.PHANTOM_DIR if data["source"] == "phantom" else data["camus_path"])
+    summary = extract(source, a.out_dir, fmt=data["format"], views=data["views"],
+                      instants=data["instants"], image_size=data["image_size"],
+                      split=data["split"], threads=a.threads)
+    print(f"{summary.frames} frames of {sum(summary.patients.values())} patients "
+          f"({summary.source_format}) written to {a.out_dir}")
+
+
+def _data_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=layout.DATA_DIR,
+                   help=f"extracted dataset folder (default: {layout.DATA_DIR})")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    _data_dir_arg(p)
+    p.add_argument("--out-dir", default=layout.TRAIN_DIR,
+                   help=f"where the outputs go (default: {layout.TRAIN_DIR})")
+    p.add_argument("--state-dir", default=layout.TRAIN_STATE_DIR,
+                   help=f"resumable training states (default: {layout.TRAIN_STATE_DIR})")
+    p.add_argument("--resume", default=None, help="a training-state file to continue from")
+
+
+def _train(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
+    from .train import TrainConfig, run_training
+
+    views = cfg["data"]["views"]
+    run_training(images_h5=layout.extracted(["train"], views, annos=False, data_dir=a.data_dir),
+                 annos_h5=layout.extracted(["train"], views, images=False, data_dir=a.data_dir),
+                 out_dir=a.out_dir, state_dir=a.state_dir, cfg=TrainConfig.from_dict(cfg["train"]),
+                 image_size=cfg["data"]["image_size"], threads=a.threads, resume=a.resume)
+
+
+def _sample_args(p: argparse.ArgumentParser) -> None:
+    _data_dir_arg(p)
+    p.add_argument("--generator", default=layout.GENERATOR,
+                   help=f"trained generator (default: {layout.GENERATOR})")
+    p.add_argument("--out", default=layout.SAMPLES, help=f"samples file (default: {layout.SAMPLES})")
+    # Sampling from your own masks with only a generator file (cardigan.generate) plugs in here:
+    # its options (--masks DIR) and a branch at the top of _sample.
+
+
+def _sample(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
     from .sample import run_sample
 
-    p = _parser("sample")
-    p.add_argument("--generator", default="results/train/generator.pt")
-    p.add_argument("--out", default="results/sample/samples.h5")
-    a = p.parse_args(argv)
-    cfg = load_config(a.config)
     views = cfg["data"]["views"]
-    annos = [split_paths(a.data_dir, s, v)[1] for s in cfg["sample"]["mask_splits"] for v in views]
-    real = [split_paths(a.data_dir, "train", v)[1] for v in views]
+    annos = layout.extracted(cfg["sample"]["mask_splits"], views, images=False, data_dir=a.data_dir)
+    real = layout.extracted(["train"], views, images=False, data_dir=a.data_dir)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     run_sample(a.generator, annos, real, cfg["sample"], a.out, threads=a.threads)
 
 
-def _export(argv: list[str]) -> None:
+def _export_args(p: argparse.ArgumentParser) -> None:
+    _data_dir_arg(p)
+    p.add_argument("--samples", default=layout.SAMPLES, help=f"default: {layout.SAMPLES}")
+    p.add_argument("--generator", default=layout.GENERATOR, help=f"default: {layout.GENERATOR}")
+    p.add_argument("--out-dir", default=layout.EXPORT_DIR, help=f"default: {layout.EXPORT_DIR}")
+
+
+def _export(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
     from .export import run_export
 
-    p = _parser("export")
-    p.add_argument("--samples", default="results/sample/samples.h5")
-    p.add_argument("--generator", default="results/train/generator.pt")
-    p.add_argument("--out-dir", default="results/export")
-    a = p.parse_args(argv)
-    cfg = load_config(a.config)
     views = cfg["data"]["views"]
-    pairs = [split_paths(a.data_dir, "train", v) for v in views]
-    out = Path(a.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    outputs = {"h5": out / "synthetic.h5", "preview": out / "preview.png", "card": out / "dataset_card.md"}
-    nn = cfg["export"]["nnunet"]
-    if "nnunet" in cfg["export"]["formats"]:
-        outputs["nnunet"] = out / "nnunet" / f"Dataset{nn['dataset_id']:03d}_{nn['name']}"
+    outputs = layout.export_outputs(cfg["export"], a.out_dir)
+    Path(a.out_dir).mkdir(parents=True, exist_ok=True)
     provenance = {k: cfg[k] for k in ("data", "phantom", "train", "sample", "export")}
-    run_export(a.samples, a.generator, [i for i, _ in pairs], [m for _, m in pairs],
+    run_export(a.samples, a.generator,
+               layout.extracted(["train"], views, annos=False, data_dir=a.data_dir),
+               layout.extracted(["train"], views, images=False, data_dir=a.data_dir),
                cfg["export"], provenance, outputs)
+    if "nnunet" in outputs:
+        from .nnunet import write_nnunet
+
+        nn = cfg["export"]["nnunet"]
+        write_nnunet(outputs["h5"], outputs["nnunet"], nn["dataset_id"], nn["name"])
 
 
-def _evaluate(argv: list[str]) -> None:
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    _data_dir_arg(p)
+    p.add_argument("--synthetic", default=layout.SYNTHETIC, help=f"default: {layout.SYNTHETIC}")
+    p.add_argument("--out-dir", default=layout.EVALUATE_DIR, help=f"default: {layout.EVALUATE_DIR}")
+
+
+def _evaluate(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
     from .evaluate import run_evaluate
 
-    p = _parser("evaluate")
-    p.add_argument("--synthetic", default="results/export/synthetic.h5")
-    p.add_argument("--out-dir", default="results/evaluate")
-    a = p.parse_args(argv)
-    cfg = load_config(a.config)
-    out = Path(a.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = layout.evaluate_outputs(a.out_dir)
+    Path(a.out_dir).mkdir(parents=True, exist_ok=True)
     run_evaluate(a.synthetic, a.data_dir, cfg["data"]["views"], cfg["evaluate"],
-                 cfg["data"]["source"], out / "metrics.csv", out / "dice.png", out / "summary.md",
-                 out / "worst.png", threads=a.threads)
+                 cfg["data"]["source"], out["metrics"], out["dice"], out["summary"],
+                 out["worst"],                  threads=a.threads)
+
+
+Stage = tuple[str, Callable[[argparse.ArgumentParser], None],
+              Callable[[argparse.Namespace, dict[str, Any]], None]]
+#: name -> (one-line help, add arguments, run)
+SUBCOMMANDS: dict[str, Stage] = {
+    "phantom": ("write the CAMUS-like phantom (config: phantom)", _phantom_args, _phantom),
+    "extract": ("CAMUS or the phantom -> per-split HDF5 files (config: data)", _extract_args, _extract),
+    "train": ("train the SPADE GAN on the train split (config: train)", _train_args, _train),
+    "sample": ("the generator on real and deformed masks (config: sample)", _sample_args, _sample),
+    "export": ("synthetic.h5, nnU-Net dataset, preview, card (config: export)", _export_args, _export),
+    "evaluate": ("U-Nets on real, synthetic, mixed data (config: evaluate)", _evaluate_args, _evaluate),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cardigan",
+        description="Run one cardiGAN stage outside Snakemake (the whole pipeline: snakemake).",
+        epilog="Each subcommand reads ./config.yaml (or --config FILE) with --set overrides; "
+        "`cardigan STAGE --help` lists its options.",
+    )
+    parser.add_argument("--version", action="version", version=f"cardigan {__version__}")
+    sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for name, (help_line, add_args, _) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_line, description=help_line[0].upper() + help_line[1:]
+                           + ".")
+        p.add_argument("--config", default=None,
+                       help=f"cardiGAN config YAML (default: ./{DEFAULT_CONFIG} when present, "
+                       "else the built-in defaults)")
+        p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override one config value, e.g. --set train.epochs=300 (repeatable)")
+        p.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
+        add_args(p)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        return 0
-    if argv[0] == "--version":
-        print(f"cardigan {__version__}")
-        return 0
-    stage, rest = argv[0], argv[1:]
-    if stage in FORWARDED:
-        return int(importlib.import_module(FORWARDED[stage]).main(rest) or 0)
-    if stage not in LOCAL:
-        print(f"cardigan: unknown stage {stage!r}; choose from "
-              f"{', '.join([*FORWARDED, *LOCAL])}", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run = SUBCOMMANDS[args.stage][2]
     try:
-        {"sample": _sample, "export": _export, "evaluate": _evaluate}[stage](rest)
-    except (ConfigError, ValueError, OSError) as err:
-        print(f"cardigan {stage}: error: {err}", file=sys.stderr)
+        run(args, _config(args))
+    except (ConfigError, *USER_ERRORS) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"cardigan {args.stage}: error: {message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"cardigan {args.stage}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

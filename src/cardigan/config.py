@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,7 @@ import jsonschema
 import yaml
 
 
-#: The schema every config is validated against (``workflow/schemas/config.schema.yaml`` links here).
-SCHEMA_PATH = Path(__file__).with_name("schemas") / "config.schema.yaml"
+from .defaults import SCHEMA_PATH
 
 
 class ConfigError(ValueError):
@@ -48,14 +47,91 @@ def _with_defaults(cls):
 
 _Validator = _with_defaults(jsonschema.Draft202012Validator)
 
+_NULLS = ("null", "~", "none", "")
+_BOOLS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    """Follow a local ``$ref`` (``#/definitions/...``), keeping sibling keys such as ``default``."""
+    ref = schema.get("$ref")
+    if not ref:
+        return schema
+    target: Any = root
+    for part in ref.lstrip("#/").split("/"):
+        target = target[part]
+    return {**_resolve(target, root), **{k: v for k, v in schema.items() if k != "$ref"}}
+
+
+def _convert(text: str, types: list[str]) -> Any:
+    """``text`` as the first of ``types`` it parses as; ValueError when none fits."""
+    low = text.strip().lower()
+    if "null" in types and low in _NULLS:
+        return None
+    if "boolean" in types and low in _BOOLS:
+        return _BOOLS[low]
+    if "integer" in types:
+        try:
+            return int(text.strip())
+        except ValueError:
+            pass
+    if "number" in types:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            pass
+        else:
+            if value == value and abs(value) != float("inf"):  # NaN/inf never mean a setting
+                return value
+    raise ValueError(text)
+
+
+def coerce(config: Any, schema: dict[str, Any], root: dict[str, Any] | None = None,
+           path: tuple = ()) -> Any:
+    """Turn strings into the integers, numbers, booleans or nulls the schema expects.
+
+    Snakemake reads a nested ``--config 'train={epochs: 300}'`` with every scalar a string
+    (``'300'``); a key whose schema type does not include ``string`` gets its string converted
+    here, inside nested sections and lists too. A string that does not convert raises ConfigError
+    naming the key, the value and the expected type. Returns the (possibly new) value; dicts and
+    lists are updated in place.
+    """
+    root = schema if root is None else root
+    schema = _resolve(schema, root)
+    if isinstance(config, dict):
+        props = schema.get("properties", {})
+        for key, value in config.items():
+            if key in props:
+                config[key] = coerce(value, props[key], root, (*path, key))
+        return config
+    if isinstance(config, list):
+        items = schema.get("items")
+        if isinstance(items, dict):
+            for i, value in enumerate(config):
+                config[i] = coerce(value, items, root, (*path, i))
+        return config
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else list(types)
+    if isinstance(config, str) and "null" in types and config.strip() in ("null", "Null", "NULL", "~"):
+        return None  # YAML's nulls, even where a string is allowed (a path named "null" is not)
+    if isinstance(config, str) and types and "string" not in types:
+        try:
+            return _convert(config, types)
+        except ValueError:
+            expected = " or ".join("a number" if t == "number" else f"{'an' if t[0] in 'aeiou' else 'a'} {t}"
+                                   for t in types)
+            raise ConfigError(f"config key {_key_path(path)}: {config!r} is not {expected}") from None
+    return config
+
 
 def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
-    """Fill defaults into ``config`` (in place) and validate it; return it.
+    """Convert command-line strings (:func:`coerce`), fill defaults into ``config`` (in place)
+    and validate it; return it.
 
     Raises ConfigError with one line naming the offending key, e.g.
     ``config key data.views[0]: '3CH' is not one of ['2CH', '4CH']``.
     """
     schema = yaml.safe_load(Path(schema_path).read_text())
+    coerce(config, schema)
     errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         err = jsonschema.exceptions.best_match(errors)
@@ -67,8 +143,27 @@ def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> d
     return config
 
 
-def load_config(path: str | Path | None) -> dict[str, Any]:
-    """Read a cardiGAN config YAML (``None``: an empty one) and validate it, defaults filled in."""
+def apply_override(config: dict[str, Any], assignment: str) -> None:
+    """Apply ``section.key=value`` (``value`` read as YAML, nested keys allowed) to ``config``."""
+    key, sep, text = assignment.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise ConfigError(f"--set {assignment}: expected section.key=value, e.g. train.epochs=300")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {assignment}: the value is not valid YAML ({err.problem})") from err
+    node = config
+    for i, part in enumerate(parts[:-1]):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment}: {'.'.join(parts[: i + 1])} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Read a cardiGAN config YAML (``None``: an empty one), apply ``section.key=value``
+    ``overrides`` and validate it, defaults filled in."""
     config: dict[str, Any] = {}
     if path is not None:
         try:
@@ -77,14 +172,17 @@ def load_config(path: str | Path | None) -> dict[str, Any]:
             raise ConfigError(f"config file {path}: {err}") from err
         if not isinstance(config, dict):
             raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(config).__name__}")
+    for assignment in overrides:
+        apply_override(config, assignment)
     return validate(config)
 
 
 def check_semantics(config: Mapping[str, Any]) -> None:
-    """Checks a schema cannot express. Raises ConfigError naming the key."""
+    """Checks a schema cannot express, on a config with its defaults filled in. Raises ConfigError
+    naming the key."""
     data = config["data"]
     if data["source"] == "camus":
-        path = data.get("camus_path")
+        path = data["camus_path"]
         if not path:
             raise ConfigError("config key data.camus_path: required when data.source is camus")
         if not Path(path).exists():
@@ -99,20 +197,20 @@ def check_semantics(config: Mapping[str, Any]) -> None:
         for name in ("training", "validation", "testing"):
             if not (folder / f"subgroup_{name}.txt").is_file():
                 raise ConfigError(f"config key data.split: {folder} has no subgroup_{name}.txt")
-    train = config.get("train", {})
-    weights = train.get("perceptual_weights")
+    train = config["train"]
+    weights = train["perceptual_weights"]
     if weights and not Path(weights).is_file():
         raise ConfigError(f"config key train.perceptual_weights: {weights} is not a file")
-    ups = {"normal": 5, "more": 6, "most": 7}[train.get("num_upsampling_layers", "normal")]
+    ups = {"normal": 5, "more": 6, "most": 7}[train["num_upsampling_layers"]]
     size = data["image_size"]
     if size % (2**ups) != 0:
         raise ConfigError(
             f"config key data.image_size: {size} is not divisible by 2**{ups}, as "
-            f"train.num_upsampling_layers={train.get('num_upsampling_layers', 'normal')} needs"
+            f"train.num_upsampling_layers={train['num_upsampling_layers']} needs"
         )
-    sample = config.get("sample", {})
-    styled = train.get("use_vae") or train.get("noise_dim", 0) > 0 or train.get("texture_noise")
-    if sample.get("samples_per_mask", 1) > 1 and not styled:
+    sample = config["sample"]
+    styled = train["use_vae"] or train["noise_dim"] > 0 or train["texture_noise"]
+    if sample["samples_per_mask"] > 1 and not styled:
         raise ConfigError(
             "config key sample.samples_per_mask: values above 1 need a style input (train.use_vae, "
             "train.noise_dim > 0 or train.texture_noise); the mask-only generator makes the same "
@@ -123,13 +221,13 @@ def check_semantics(config: Mapping[str, Any]) -> None:
             "config keys train.use_vae and train.noise_dim: two different style inputs, choose "
             "one (noise_dim: 0 with the VAE)"
         )
-    if sample.get("mask_path") and not Path(sample["mask_path"]).exists():
+    if sample["mask_path"] and not Path(sample["mask_path"]).exists():
         raise ConfigError(f"config key sample.mask_path: {sample['mask_path']} does not exist")
-    scale = sample.get("augment", {}).get("scale")
+    scale = sample["augment"]["scale"]
     if scale and scale[0] > scale[1]:
         raise ConfigError(f"config key sample.augment.scale: {scale} must be [low, high]")
-    evaluate = config.get("evaluate", {})
-    inception = evaluate.get("inception_weights")
+    evaluate = config["evaluate"]
+    inception = evaluate["inception_weights"]
     if inception and not Path(inception).is_file():
         raise ConfigError(f"config key evaluate.inception_weights: {inception} is not a file")
 

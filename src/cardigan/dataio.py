@@ -20,6 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from . import layout
 from .labels import INSTANT_CHANNEL
 
 CHANNEL_INSTANT = {c: i for i, c in INSTANT_CHANNEL.items()}
@@ -56,8 +57,8 @@ def parse_key(key: str) -> tuple[str, str, str, str]:
 
 def split_paths(data_dir: str | Path, split: str, view: str) -> tuple[Path, Path]:
     """Image and annotation file of one split and view."""
-    data_dir = Path(data_dir)
-    return data_dir / f"{split}_{view}.h5", data_dir / f"anno_{split}_{view}.h5"
+    return (Path(layout.image_file(split, view, str(data_dir))),
+            Path(layout.anno_file(split, view, str(data_dir))))
 
 
 def iter_frames(images_h5: str | Path, annos_h5: str | Path) -> Iterator[Frame]:

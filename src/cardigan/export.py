@@ -2,8 +2,10 @@
 
 Outputs (``results/export/``): ``synthetic.h5`` (the dataset, see :func:`write_synthetic_h5`),
 ``preview.png`` (image / overlay pairs), ``dataset_card.md`` (counts, label areas synthetic vs
-real, sources, provenance) and, when ``export.formats`` holds ``nnunet``, an nnU-Net v2 raw
-dataset. Everything is written to temporary names and renamed, and is byte-identical across runs.
+real, sources, provenance). When ``export.formats`` holds ``nnunet``, the nnU-Net v2 raw dataset
+is written from ``synthetic.h5`` by :func:`cardigan.nnunet.write_nnunet` (its own workflow rule,
+so that a change of the nnU-Net writer re-runs only that); the card names its folder. Everything
+is written to temporary names and renamed, and is byte-identical across runs.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from .dataio import iter_frames  # noqa: E402
 from .labels import LABELS  # noqa: E402
 from .manifest import sha256_file  # noqa: E402
 from .masks import load_extracted_masks  # noqa: E402
-from .nnunet import write_nnunet  # noqa: E402
 from .atomic import atomic_output  # noqa: E402
 from .sample import COLUMNS, SampleWriter  # noqa: E402
 
@@ -211,7 +212,7 @@ def write_card(out_path: str | Path, stats: _Stats, real_areas: np.ndarray,
                nnunet_dir: str | None) -> None:
     """dataset_card.md: what is in the dataset and how it was made."""
     syn = np.concatenate(stats.areas[True]) if stats.areas[True] else np.zeros((0, 3), int)
-    sample_cfg = provenance.get("sample", {})
+    sample_cfg = provenance["sample"]
     aug_stats = json.loads(sample_attrs.get("augment_stats", "{}"))
     extra = json.loads(sample_attrs.get("generator_extra", "{}"))
     model = json.loads(sample_attrs.get("model_config", "{}"))
@@ -221,9 +222,9 @@ def write_card(out_path: str | Path, stats: _Stats, real_areas: np.ndarray,
         return [f"| {head} | samples |", "|---|---:|"] + [
             f"| {k} | {counter[k]} |" for k in sorted(counter)] + [""]
 
-    sources = [f"extracted masks of split(s) {', '.join(sample_cfg.get('mask_splits', []))} "
-               f"(views {', '.join(provenance.get('data', {}).get('views', []))})"]
-    if sample_cfg.get("mask_path"):
+    sources = [f"extracted masks of split(s) {', '.join(sample_cfg['mask_splits'])} "
+               f"(views {', '.join(provenance['data']['views'])})"]
+    if sample_cfg["mask_path"]:
         sources.append(f"user masks from `{sample_cfg['mask_path']}`")
     lines = [
         "# cardiGAN synthetic dataset", "",
@@ -257,18 +258,18 @@ def write_card(out_path: str | Path, stats: _Stats, real_areas: np.ndarray,
               f"- Generator settings: `{json.dumps(model, sort_keys=True)}`.",
               f"- Training record stored with the checkpoint: "
               f"`{json.dumps(extra, sort_keys=True)}`.",
-              f"- Masks: each source mask, plus {sample_cfg.get('augment', {}).get('n', 0)} "
+              f"- Masks: each source mask, plus {sample_cfg['augment']['n']} "
               "random affine + elastic deformations per mask that passed the plausibility "
               "checks (labels present, one component each, areas within the real train range "
               "+-10 %, cavity enclosed by myocardium and atrium; no worse than the source mask).",
               f"- Deformation draws: {aug_stats.get('accepted', 0)} accepted, rejected by reason "
               f"{json.dumps(aug_stats.get('rejected', {}), sort_keys=True)}, "
               f"{aug_stats.get('exhausted', 0)} given up after "
-              f"{sample_cfg.get('augment', {}).get('max_tries', '?')} tries, "
+              f"{sample_cfg['augment']['max_tries']} tries, "
               f"{aug_stats.get('source_implausible', 0)} source masks failing the checks "
               "themselves (not deformed).",
-              f"- {sample_cfg.get('samples_per_mask', 1)} image(s) per mask, seed "
-              f"{sample_cfg.get('seed', 0)}.",
+              f"- {sample_cfg['samples_per_mask']} image(s) per mask, seed "
+              f"{sample_cfg['seed']}.",
               f"- cardiGAN {__version__}; config hash (sha256 of the data, phantom, train, sample "
               f"and export sections) `{config_hash(provenance)}`; the full config is in the "
               "`config_yaml` attribute of synthetic.h5.", ""]
@@ -280,14 +281,15 @@ def run_export(samples_path: str | Path, generator_path: str | Path,
                real_images: Sequence[str | Path], real_annos: Sequence[str | Path],
                export_cfg: Mapping[str, Any], provenance: Mapping[str, Any],
                outputs: Mapping[str, str | Path]) -> dict[str, Any]:
-    """Write every export output; ``outputs`` maps h5, preview, card (and nnunet) to paths."""
-    formats = list(export_cfg.get("formats", ["h5"]))
+    """Write synthetic.h5, the preview and the card; ``outputs`` maps h5, preview, card (and
+    nnunet: the folder the card names, written by :func:`cardigan.nnunet.write_nnunet`)."""
+    formats = list(export_cfg["formats"])
     if "nnunet" in formats and "nnunet" not in outputs:
         raise ValueError("export.formats holds nnunet but no nnunet output folder was given")
     generator_sha = sha256_file(generator_path)
     pairs = list(_pairs(real_images, real_annos))
     stats, sample_attrs = write_synthetic_h5(samples_path, outputs["h5"], generator_sha,
-                                             provenance, bool(export_cfg.get("include_real")),
+                                             provenance, bool(export_cfg["include_real"]),
                                              pairs)
     real_masks = load_extracted_masks([a for _, a in pairs])
     real_areas = np.array([[int((m.mask == v).sum()) for v in FOREGROUND] for m in real_masks])
@@ -296,9 +298,6 @@ def run_export(samples_path: str | Path, generator_path: str | Path,
     write_preview(outputs["h5"], outputs["preview"])
     nnunet_dir = None
     if "nnunet" in formats:
-        nn = export_cfg.get("nnunet", {})
-        write_nnunet(outputs["h5"], outputs["nnunet"], int(nn.get("dataset_id", 501)),
-                     str(nn.get("name", "CardiGANSynthetic")))
         nnunet_dir = os.path.relpath(outputs["nnunet"], Path(outputs["card"]).parent)
     write_card(outputs["card"], stats, real_areas, sample_attrs, provenance, generator_path,
                generator_sha, formats, nnunet_dir)

@@ -18,11 +18,9 @@ datasets), ``metadata.csv`` and ``preview_{split}.png``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -36,6 +34,7 @@ import pandas as pd
 
 from .camus import READERS, CamusError, PatientSource, assign, resolve_format
 from .dataio import image_key, mask_key, split_paths
+from .defaults import default
 from .labels import INSTANTS, SPLITS, VIEWS
 from .resize import resize_image, resize_mask, resized_spacing
 
@@ -201,11 +200,11 @@ def extract(
     source: str | Path,
     out_dir: str | Path,
     *,
-    fmt: str = "auto",
-    views: Sequence[str] = ("4CH",),
-    instants: Sequence[str] = ("ED", "ES"),
-    image_size: int = 256,
-    split: str = "official",
+    fmt: str = default("data", "format"),
+    views: Sequence[str] = default("data", "views"),
+    instants: Sequence[str] = default("data", "instants"),
+    image_size: int = default("data", "image_size"),
+    split: str = default("data", "split"),
     threads: int = 1,
 ) -> ExtractSummary:
     """Extract a CAMUS source into ``out_dir`` (see the module docstring). Raises CamusError."""
@@ -300,35 +299,3 @@ def _write_all(tmp, out_dir, tasks, splits, scan, fmt, views, instants, image_si
     log.info("wrote %s patients (train/valid/test), %d frames to %s",
              "/".join(str(counts[s]) for s in SPLITS), len(rows), out_dir)
     return summary
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m cardigan.extract",
-        description="Extract CAMUS (2023 NIfTI, 2019 MetaImage or seed HDF5) into per-split HDF5 files.",
-    )
-    parser.add_argument("source", help="CAMUS root folder or seed-layout .h5 file")
-    parser.add_argument("out_dir", help="output folder (e.g. results/data)")
-    parser.add_argument("--format", default="auto", choices=["auto", *READERS])
-    parser.add_argument("--views", nargs="+", default=["4CH"], choices=VIEWS)
-    parser.add_argument("--instants", nargs="+", default=["ED", "ES"], choices=INSTANTS)
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--split", default="official",
-                        help="official | seed | a folder holding subgroup_{training,validation,testing}.txt")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary = extract(args.source, args.out_dir, fmt=args.format, views=args.views,
-                          instants=args.instants, image_size=args.image_size, split=args.split,
-                          threads=args.threads)
-    except CamusError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"{summary.frames} frames of {sum(summary.patients.values())} patients "
-          f"({summary.source_format}) written to {args.out_dir}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

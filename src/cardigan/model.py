@@ -49,6 +49,7 @@ from torch import nn
 from torch.nn.utils import parametrize, skip_init
 
 from .atomic import atomic_output
+from .defaults import default
 
 UPSAMPLINGS = {"normal": 5, "more": 6, "most": 7}
 NORMS = ("instance", "batch")
@@ -64,22 +65,23 @@ LEGACY_GENERATOR_FORMATS = ("cardigan-generator/1",)
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild the networks (stored inside every generator file)."""
+    """Everything needed to rebuild the networks (stored inside every generator file); field
+    defaults are the config schema's (``train`` section, ``data.image_size``)."""
 
-    label_nc: int = 4
-    image_size: int = 256
-    ngf: int = 64
-    ndf: int = 64
-    num_upsampling_layers: str = "normal"  # normal (5 ups) | more (6) | most (7)
-    norm_G: str = "instance"  # instance | batch  (param-free norm inside SPADE)
-    norm_D: str = "instance"  # instance | batch
-    spade_hidden: int = 128
-    num_D: int = 2
-    n_layers_D: int = 4
-    use_vae: bool = False
-    z_dim: int = 256
-    noise_dim: int = 0  # OASIS-style 3D noise channels beside the mask (0: none)
-    texture_noise: bool = False  # per-pixel noise added after every generator block (speckle)
+    label_nc: int = default("train", "label_nc")
+    image_size: int = default("data", "image_size")
+    ngf: int = default("train", "ngf")
+    ndf: int = default("train", "ndf")
+    num_upsampling_layers: str = default("train", "num_upsampling_layers")  # 5, 6 or 7 ups
+    norm_G: str = default("train", "norm_G")  # param-free norm inside SPADE
+    norm_D: str = default("train", "norm_D")
+    spade_hidden: int = default("train", "spade_hidden")
+    num_D: int = default("train", "num_D")
+    n_layers_D: int = default("train", "n_layers_D")
+    use_vae: bool = default("train", "use_vae")
+    z_dim: int = default("train", "z_dim")
+    noise_dim: int = default("train", "noise_dim")  # OASIS-style 3D noise channels (0: none)
+    texture_noise: bool = default("train", "texture_noise")  # per-pixel noise after each block
 
     def __post_init__(self) -> None:
         for name in ("label_nc", "image_size", "ngf", "ndf", "spade_hidden", "num_D",

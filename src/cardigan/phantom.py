@@ -26,12 +26,10 @@ time stamp; the NIfTI/MetaImage headers hold no date).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import multiprocessing
 import os
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -42,6 +40,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .atomic import atomic_dir
+from .defaults import default
 
 log = logging.getLogger("cardigan")
 
@@ -526,8 +525,8 @@ def _job(args: tuple) -> dict:
 
 def write_phantom(
     out_dir: str | os.PathLike,
-    patients: int = 50,
-    seed: int = 0,
+    patients: int = default("phantom", "patients"),
+    seed: int = default("phantom", "seed"),
     threads: int = 1,
     sequences: bool = True,
     layout: str = "nifti2023",
@@ -591,29 +590,3 @@ def _run(jobs: list[tuple], threads: int) -> list[dict]:
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with ProcessPoolExecutor(max_workers=min(threads, len(jobs)), mp_context=ctx) as pool:
         return list(pool.map(_job, jobs, chunksize=1))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m cardigan.phantom",
-        description="Write a deterministic CAMUS-like phantom (2023 NIfTI layout by default).",
-    )
-    ap.add_argument("out", type=Path, help="output folder (must not exist or be empty)")
-    ap.add_argument("--patients", type=int, default=50)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-sequences", dest="sequences", action="store_false",
-                    help="skip the half-sequence files (faster)")
-    ap.add_argument("--layout", choices=LAYOUTS, default="nifti2023")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        write_phantom(args.out, args.patients, args.seed, args.threads, args.sequences, args.layout)
-    except (ValueError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -199,26 +199,29 @@ def generate(generator: SPADEGenerator, masks: np.ndarray, z: torch.Tensor | Non
 def run_sample(generator_path: str | Path, anno_paths: Sequence[str | Path],
                real_train_anno_paths: Sequence[str | Path], sample_cfg: Mapping[str, Any],
                out_path: str | Path, threads: int = 1) -> dict[str, Any]:
-    """Write ``samples.h5`` and return a summary (counts, rejection statistics, images/s)."""
-    spm = int(sample_cfg.get("samples_per_mask", 1))
-    batch_size = int(sample_cfg.get("batch_size", 16))
-    seed = int(sample_cfg.get("seed", 0))
-    aug = AugmentConfig.from_dict(sample_cfg.get("augment", {}))
-    device = resolve_device(str(sample_cfg.get("device", "auto")))
+    """Write ``samples.h5`` and return a summary (counts, rejection statistics, images/s).
+
+    ``sample_cfg`` is the validated ``sample`` section (every key present).
+    """
+    spm = int(sample_cfg["samples_per_mask"])
+    batch_size = int(sample_cfg["batch_size"])
+    seed = int(sample_cfg["seed"])
+    aug = AugmentConfig.from_dict(sample_cfg["augment"])
+    device = resolve_device(str(sample_cfg["device"]))
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(threads)))
 
     generator, cfg, extra = load_generator(generator_path)
     check_generator(cfg, spm, generator_path)
     bank = StyleBank.from_extra(extra)
-    style_source = str(sample_cfg.get("style_source", "real"))
+    style_source = str(sample_cfg["style_source"])
     used_source = effective_source(cfg, style_source, bank)
     if cfg.use_vae:
         log.info("style codes: %s%s", used_source,
                  f" (encodings of {len(bank.ids)} real training images)" if used_source == "real"
                  else " (N(0, I))" + ("" if bank is not None else
                                       ": the generator file carries no style bank"))
-    sources = load_sources(anno_paths, sample_cfg.get("mask_path"), cfg)
+    sources = load_sources(anno_paths, sample_cfg["mask_path"], cfg)
     real = validate_masks(load_extracted_masks(real_train_anno_paths), cfg.label_nc,
                           cfg.image_size, what="real train masks (area ranges)")
     ranges = AreaRanges.from_masks(m.mask for m in real)

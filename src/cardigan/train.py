@@ -26,7 +26,8 @@ Choices worth knowing:
 - **Stale weights are never reused.** A state is valid for a *fingerprint*: the hash of the model
   config, every training setting that changes the weights (not ``epochs``, not the
   logging/checkpoint/sample frequencies, not the device, ``gpus``, ``amp``, ``channels_last`` or
-  ``compile``), and the training data itself. States live in ``state_dir/<fingerprint[:16]>/``;
+  ``compile``), the training data itself, and the model code (:mod:`cardigan.model` and what it
+  imports). States live in ``state_dir/<fingerprint[:16]>/``;
   a changed setting starts a new folder and leaves the old one alone. More ``epochs`` continue the
   matching state with the lr schedule of the new total; fewer epochs than the state already has
   move that state aside (``<fingerprint[:16]>.superseded-it<N>``) and train again from the start.
@@ -73,7 +74,7 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
-from . import __version__
+from . import __version__, layout
 from .atomic import atomic_dir, write_text_atomic
 from .checkpoint import (
     STATE_NAME,
@@ -82,8 +83,10 @@ from .checkpoint import (
     restore_rng,
     save_state,
 )
+from .code_fingerprint import code_fingerprint
 from .config import config_hash
 from .dataio import iter_frames, mask_key
+from .defaults import default
 from .device import bf16_autocast_enabled
 from .device import resolve_device as _resolve_device
 from .losses import VGGPerceptualLoss, discriminator_losses, generator_losses
@@ -106,13 +109,7 @@ from .train_state import (  # noqa: F401  (lr_factor ... one_hot_unchecked: re-e
 log = logging.getLogger("cardigan")
 
 #: Declared outputs of the train rule, by rule output name, relative to ``out_dir``.
-OUTPUTS = {
-    "generator": "generator.pt",
-    "config": "config.json",
-    "log_csv": "train_log.csv",
-    "losses": "losses.png",
-    "samples": "samples",
-}
+OUTPUTS = {name: Path(path).name for name, path in layout.train_outputs().items()}
 #: Bumped when the same settings would train other weights (2: fused SPADE layout, KL per
 #: sample), so that states of the earlier code are left alone instead of resumed.
 TRAINER_VERSION = 2
@@ -125,41 +122,41 @@ NOT_FINGERPRINTED = ("epochs", "log_every", "checkpoint_every", "sample_every", 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The ``train`` section of the config (defaults as in workflow/schemas/config.schema.yaml)."""
+    """The ``train`` section of the config; field defaults are the schema's."""
 
-    device: str = "auto"
-    gpus: int = 1
-    seed: int = 0
-    epochs: int = 60
-    batch_size: int = 8
-    ngf: int = 16
-    ndf: int = 16
-    num_upsampling_layers: str = "normal"
-    norm_G: str = "instance"
-    norm_D: str = "instance"
-    spade_hidden: int = 128
-    num_D: int = 2
-    n_layers_D: int = 4
-    label_nc: int = 4
-    use_vae: bool = False
-    z_dim: int = 256
-    noise_dim: int = 0
-    texture_noise: bool = False
-    lr_G: float = 1e-4
-    lr_D: float = 4e-4
-    beta1: float = 0.0
-    beta2: float = 0.9
-    lambda_feat: float = 10.0
-    lambda_kld: float = 0.05
-    lambda_vgg: float = 10.0
-    perceptual_weights: str | None = None
-    ema_decay: float = 0.999
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    log_every: int = 10
-    checkpoint_every: int = 100
-    sample_every: int = 10
+    device: str = default("train", "device")
+    gpus: int = default("train", "gpus")
+    seed: int = default("train", "seed")
+    epochs: int = default("train", "epochs")
+    batch_size: int = default("train", "batch_size")
+    ngf: int = default("train", "ngf")
+    ndf: int = default("train", "ndf")
+    num_upsampling_layers: str = default("train", "num_upsampling_layers")
+    norm_G: str = default("train", "norm_G")
+    norm_D: str = default("train", "norm_D")
+    spade_hidden: int = default("train", "spade_hidden")
+    num_D: int = default("train", "num_D")
+    n_layers_D: int = default("train", "n_layers_D")
+    label_nc: int = default("train", "label_nc")
+    use_vae: bool = default("train", "use_vae")
+    z_dim: int = default("train", "z_dim")
+    noise_dim: int = default("train", "noise_dim")
+    texture_noise: bool = default("train", "texture_noise")
+    lr_G: float = default("train", "lr_G")
+    lr_D: float = default("train", "lr_D")
+    beta1: float = default("train", "beta1")
+    beta2: float = default("train", "beta2")
+    lambda_feat: float = default("train", "lambda_feat")
+    lambda_kld: float = default("train", "lambda_kld")
+    lambda_vgg: float = default("train", "lambda_vgg")
+    perceptual_weights: str | None = default("train", "perceptual_weights")
+    ema_decay: float = default("train", "ema_decay")
+    amp: bool = default("train", "amp")
+    channels_last: bool = default("train", "channels_last")
+    compile: bool = default("train", "compile")
+    log_every: int = default("train", "log_every")
+    checkpoint_every: int = default("train", "checkpoint_every")
+    sample_every: int = default("train", "sample_every")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -257,8 +254,9 @@ def fingerprinted_settings(cfg: TrainConfig, image_size: int, data_hash: str) ->
         settings.pop("lambda_kld")  # unused: changing it must not throw a state away
     if not cfg.perceptual_weights:
         settings.pop("lambda_vgg")
+    # The model code too: weights trained by other network code are never resumed.
     return {"model": cfg.model_config(image_size).to_dict(), "train": settings, "data": data_hash,
-            "trainer": TRAINER_VERSION}
+            "trainer": TRAINER_VERSION, "model_code": code_fingerprint("cardigan.model")}
 
 
 def train_step(
@@ -659,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default="results/train")
     p.add_argument("--state-dir", default="results/train/state")
     p.add_argument("--train-config", help="YAML/JSON file with the train section")
-    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--image-size", type=int, default=default("data", "image_size"))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--resume", default=None, help="a training-state file to continue from")
     a = p.parse_args(argv)

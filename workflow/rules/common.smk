@@ -1,9 +1,12 @@
-# Config validation and the input/target helpers every rule file uses.
+# Config validation, the paths of every output (from cardigan.layout) and the helpers every rule
+# file uses.
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 try:
+    from cardigan import layout
+    from cardigan.code_fingerprint import code_fingerprint
     from cardigan.config import ConfigError, config_hash, validate
 except ImportError as err:
     raise WorkflowError(
@@ -20,42 +23,49 @@ except ConfigError as err:
     raise WorkflowError(str(err))
 
 
-wildcard_constraints:
-    split="train|valid|test",
-    view="2CH|4CH",
-
-
-SPLITS = ["train", "valid", "test"]
+SPLITS = list(layout.SPLITS)
 VIEWS = config["data"]["views"]
-PHANTOM_DIR = "results/phantom/CAMUS_public"
-DATA_DIR = "results/data"
+SCRIPTS = Path(workflow.current_basedir).parent / "scripts"
 
 
 def camus_input():
     """What extract reads: the phantom folder, or the user's CAMUS download."""
     if config["data"]["source"] == "phantom":
-        return PHANTOM_DIR
+        return layout.PHANTOM_DIR
     return config["data"]["camus_path"]
 
 
 def extracted(splits, views=None, anno=True, images=True):
     """Paths of the extracted per-split/view HDF5 files."""
     views = VIEWS if views is None else views
-    out = []
-    if images:
-        out += expand(f"{DATA_DIR}/{{split}}_{{view}}.h5", split=splits, view=views)
-    if anno:
-        out += expand(
-            f"{DATA_DIR}/anno_{{split}}_{{view}}.h5", split=splits, view=views
+    return layout.extracted(splits, views, images=images, annos=anno)
+
+
+def user_masks():
+    """The files under sample.mask_path: inputs of sample, so that editing them re-runs it."""
+    path = config["sample"]["mask_path"]
+    if not path:
+        return []
+    if Path(path).is_dir():
+        return sorted(
+            str(p)
+            for p in Path(path).rglob("*")
+            if p.is_file() and not p.name.startswith(".")
         )
-    return out
+    return [path]
+
+
+def code(stage):
+    """Fingerprint of the cardigan code the stage's script runs (a param: code edits re-run the
+    stage, a touch does not)."""
+    return code_fingerprint(SCRIPTS / f"{stage}.py")
 
 
 def uses_gpu(section):
     """GPUs a stage asks the scheduler for: none when it is pinned to the CPU."""
-    if config[section].get("device", "auto") == "cpu":
+    if config[section]["device"] == "cpu":
         return 0
-    return config[section].get("gpus", 1)
+    return config[section]["gpus"] if "gpus" in config[section] else 1
 
 
 def provenance_config():
@@ -64,46 +74,8 @@ def provenance_config():
 
 
 def export_outputs():
-    out = {
-        "h5": "results/export/synthetic.h5",
-        "preview": "results/export/preview.png",
-        "card": "results/export/dataset_card.md",
-    }
-    if "nnunet" in config["export"]["formats"]:
-        nn = config["export"]["nnunet"]
-        out["nnunet"] = (
-            f"results/export/nnunet/Dataset{nn['dataset_id']:03d}_{nn['name']}"
-        )
-    return out
+    return layout.export_outputs(config["export"])
 
 
 def evaluate_outputs():
-    return {
-        "metrics": "results/evaluate/metrics.csv",
-        "dice": "results/evaluate/dice.png",
-        "summary": "results/evaluate/summary.md",
-        "worst": "results/evaluate/worst.png",
-    }
-
-
-def stage_targets():
-    """Every declared output of the enabled stages (what the manifest lists)."""
-    targets = [PHANTOM_DIR] if config["data"]["source"] == "phantom" else []
-    targets += extracted(SPLITS) + [f"{DATA_DIR}/metadata.csv"]
-    targets += expand(f"{DATA_DIR}/preview_{{split}}.png", split=SPLITS)
-    targets += [
-        "results/train/generator.pt",
-        "results/train/config.json",
-        "results/train/train_log.csv",
-        "results/train/losses.png",
-        "results/train/samples",
-        "results/sample/samples.h5",
-    ]
-    targets += list(export_outputs().values())
-    if config["evaluate"]["enabled"]:
-        targets += list(evaluate_outputs().values())
-    return targets
-
-
-def all_targets():
-    return stage_targets() + ["results/manifest.tsv"]
+    return layout.evaluate_outputs()

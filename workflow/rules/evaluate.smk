@@ -1,6 +1,6 @@
 rule evaluate:
     input:
-        synthetic="results/export/synthetic.h5",
+        synthetic=rules.export.output.h5,
         real_train=extracted(["train"]),
         real_test=extracted(["test"]),
     output:
@@ -25,9 +25,9 @@ rule evaluate:
             category="3. Evaluation",
         ),
     log:
-        "results/logs/evaluate.log",
+        layout.stage_log("evaluate"),
     benchmark:
-        "results/benchmarks/evaluate.tsv"
+        layout.benchmark("evaluate")
     conda:
         "../../envs/cardigan.yaml"
     threads: 4
@@ -37,6 +37,7 @@ rule evaluate:
         evaluate=config["evaluate"],
         source=config["data"]["source"],
         views=config["data"]["views"],
+        code=code("evaluate"),
         data_dir=lambda wildcards, input: str(Path(input.real_test[0]).parent),
     script:
         "../scripts/evaluate.py"

@@ -1,29 +1,48 @@
 rule export:
     input:
-        samples="results/sample/samples.h5",
-        generator="results/train/generator.pt",
+        samples=rules.sample.output.samples,
+        generator=rules.train.output.generator,
         real_images=extracted(["train"], anno=False),
         real_annos=extracted(["train"], images=False),
     output:
-        **{
-            k: (directory(v) if k == "nnunet" else v)
-            for k, v in export_outputs().items()
-            if k not in ("preview",)
-        },
+        h5=export_outputs()["h5"],
+        card=export_outputs()["card"],
         preview=report(
             export_outputs()["preview"],
             caption="../report/preview.rst",
             category="2. Synthetic dataset",
         ),
     log:
-        "results/logs/export.log",
+        layout.stage_log("export"),
     benchmark:
-        "results/benchmarks/export.tsv"
+        layout.benchmark("export")
     conda:
         "../../envs/cardigan.yaml"
     threads: 2
     params:
         export=config["export"],
         provenance=provenance_config(),
+        # Named in the dataset card; written by rule nnunet.
+        nnunet_dir=export_outputs().get("nnunet"),
+        code=code("export"),
     script:
         "../scripts/export.py"
+
+
+# Its own rule: a change of the nnU-Net writer re-runs this alone, not evaluate.
+rule nnunet:
+    input:
+        h5=rules.export.output.h5,
+    output:
+        directory(layout.nnunet_dir(config["export"])),
+    log:
+        layout.stage_log("nnunet"),
+    benchmark:
+        layout.benchmark("nnunet")
+    conda:
+        "../../envs/cardigan.yaml"
+    params:
+        nnunet=config["export"]["nnunet"],
+        code=code("nnunet"),
+    script:
+        "../scripts/nnunet.py"

@@ -4,17 +4,18 @@ rule extract:
     output:
         images=extracted(SPLITS, anno=False),
         annos=extracted(SPLITS, images=False),
-        metadata=f"{DATA_DIR}/metadata.csv",
-        previews=expand(f"{DATA_DIR}/preview_{{split}}.png", split=SPLITS),
+        metadata=layout.METADATA,
+        previews=[layout.preview_file(s) for s in SPLITS],
     log:
-        "results/logs/extract.log",
+        layout.stage_log("extract"),
     benchmark:
-        "results/benchmarks/extract.tsv"
+        layout.benchmark("extract")
     conda:
         "../../envs/cardigan.yaml"
     threads: 4
     params:
         data=config["data"],
+        code=code("extract"),
         out_dir=lambda wildcards, output: str(Path(output.metadata).parent),
     script:
         "../scripts/extract.py"

@@ -1,16 +1,24 @@
-# The final rule: every declared output with its sha256, and the hash of the effective config.
+# The final rule: every declared output of the enabled stages with its sha256, and the hash of
+# the effective config. It collects the rules' own outputs, so nothing is listed twice by hand.
 rule manifest:
     input:
-        stage_targets(),
+        phantom=rules.phantom.output if config["data"]["source"] == "phantom" else [],
+        extract=rules.extract.output,
+        train=rules.train.output,
+        sample=rules.sample.output,
+        export=rules.export.output,
+        nnunet=(rules.nnunet.output if "nnunet" in config["export"]["formats"] else []),
+        evaluate=rules.evaluate.output if config["evaluate"]["enabled"] else [],
     output:
-        "results/manifest.tsv",
+        layout.MANIFEST,
     log:
-        "results/logs/manifest.log",
+        layout.stage_log("manifest"),
     # Hashing a few files: not worth a cluster job.
     localrule: True
     conda:
         "../../envs/cardigan.yaml"
     params:
         config_hash=config_hash(config),
+        code=code("manifest"),
     script:
         "../scripts/manifest.py"

@@ -1,14 +1,15 @@
 rule phantom:
     output:
-        directory(PHANTOM_DIR),
+        directory(layout.PHANTOM_DIR),
     log:
-        "results/logs/phantom.log",
+        layout.stage_log("phantom"),
     benchmark:
-        "results/benchmarks/phantom.tsv"
+        layout.benchmark("phantom")
     conda:
         "../../envs/cardigan.yaml"
     threads: 2
     params:
         phantom=config["phantom"],
+        code=code("phantom"),
     script:
         "../scripts/phantom.py"

@@ -1,14 +1,15 @@
 rule sample:
     input:
-        generator="results/train/generator.pt",
+        generator=rules.train.output.generator,
         annos=extracted(config["sample"]["mask_splits"], images=False),
         real_train_annos=extracted(["train"], images=False),
+        user_masks=user_masks(),
     output:
-        samples="results/sample/samples.h5",
+        samples=layout.SAMPLES,
     log:
-        "results/logs/sample.log",
+        layout.stage_log("sample"),
     benchmark:
-        "results/benchmarks/sample.tsv"
+        layout.benchmark("sample")
     conda:
         "../../envs/cardigan.yaml"
     threads: 4
@@ -16,5 +17,6 @@ rule sample:
         gpu=uses_gpu("sample"),
     params:
         sample=config["sample"],
+        code=code("sample"),
     script:
         "../scripts/sample.py"

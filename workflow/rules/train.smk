@@ -1,28 +1,28 @@
-# The training state (results/train/state/) is deliberately not a declared output: Snakemake
+# The training state (layout.TRAIN_STATE_DIR) is deliberately not a declared output: Snakemake
 # deletes a failed job's outputs, and the checkpoint must survive a killed job to resume from.
 rule train:
     input:
         images=extracted(["train"], anno=False),
         annos=extracted(["train"], images=False),
     output:
-        generator="results/train/generator.pt",
-        config="results/train/config.json",
-        log_csv="results/train/train_log.csv",
+        generator=layout.train_outputs()["generator"],
+        config=layout.train_outputs()["config"],
+        log_csv=layout.train_outputs()["log_csv"],
         losses=report(
-            "results/train/losses.png",
+            layout.train_outputs()["losses"],
             caption="../report/losses.rst",
             category="1. Training",
         ),
         samples=report(
-            directory("results/train/samples"),
+            directory(layout.train_outputs()["samples"]),
             patterns=["{name}.png"],
             caption="../report/samples.rst",
             category="1. Training",
         ),
     log:
-        "results/logs/train.log",
+        layout.stage_log("train"),
     benchmark:
-        "results/benchmarks/train.tsv"
+        layout.benchmark("train")
     conda:
         "../../envs/cardigan.yaml"
     threads: 8
@@ -31,6 +31,7 @@ rule train:
     params:
         train=config["train"],
         image_size=config["data"]["image_size"],
-        state_dir="results/train/state",
+        state_dir=layout.TRAIN_STATE_DIR,
+        code=code("train"),
     script:
         "../scripts/train.py"

@@ -9,6 +9,9 @@ with stage_logging(snakemake.log[0], "export", snakemake.threads) as log:
         list(snakemake.input.real_annos),
         snakemake.params.export,
         snakemake.params.provenance,
-        dict(snakemake.output.items()),
+        {
+            **dict(snakemake.output.items()),
+            **({"nnunet": snakemake.params.nnunet_dir} if snakemake.params.nnunet_dir else {}),
+        },
     )
     log.info("exported %d synthetic and %d real samples", counts["synthetic"], counts["real"])

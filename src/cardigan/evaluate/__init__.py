@@ -1,6 +1,6 @@
 """Evaluate stage: does the synthetic dataset help a segmenter on real images?
 
-Entry point :func:`run_evaluate`; see docs/notes/evaluate.md for what is measured and how.
+Entry point :func:`run_evaluate`; docs/evaluate.md says what is measured and how.
 """
 
 from .stage import SETTINGS, run_evaluate

@@ -310,8 +310,9 @@ def summary_text(df: pd.DataFrame, info: dict) -> str:
     lines.append("")
     fid = df[df.metric.isin(["fid_inception", "fid_inception_test"])]
     if fid.empty:
-        lines.append("The standard FID (Inception-v3) was not computed: set "
-                     "evaluate.inception_weights to a local pytorch-fid Inception weights file.")
+        lines.append("The standard FID (Inception-v3) was not computed: evaluate.inception_weights "
+                     "does not name a local pytorch-fid Inception weights file (nothing is "
+                     "downloaded).")
     else:
         parts = [f"{r.setting} vs real {'test' if r.metric.endswith('test') else 'train'} "
                  f"{r['mean']:.4g}" for _, r in fid.iterrows()]

@@ -247,7 +247,7 @@ def run_evaluate(
         log.info("label fidelity and feature distances skipped: 'real' is not in evaluate.settings")
     rows += diversity_rows(train, synth, field, feats)
 
-    if cfg.get("inception_weights"):
+    if cfg["inception_weights"]:
         start = time.perf_counter()
         net = features.load_fid_inception(cfg["inception_weights"])
         ref = features.inception_features(net, train.images, device)

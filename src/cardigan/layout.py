@@ -1,0 +1,94 @@
+"""Where every stage's outputs live, relative to the working directory: the one place they are
+spelled. The workflow's rules (``workflow/rules/common.smk``) and the ``cardigan`` command both
+take their paths from here, and the stages receive the paths they are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+RESULTS = "results"
+SPLITS = ("train", "valid", "test")
+
+PHANTOM_DIR = f"{RESULTS}/phantom/CAMUS_public"
+DATA_DIR = f"{RESULTS}/data"
+METADATA = f"{DATA_DIR}/metadata.csv"
+TRAIN_DIR = f"{RESULTS}/train"
+#: The training state: not a declared output (Snakemake deletes a failed job's outputs, and the
+#: checkpoint must survive a killed job to resume from).
+TRAIN_STATE_DIR = f"{TRAIN_DIR}/state"
+GENERATOR = f"{TRAIN_DIR}/generator.pt"
+SAMPLES = f"{RESULTS}/sample/samples.h5"
+EXPORT_DIR = f"{RESULTS}/export"
+SYNTHETIC = f"{EXPORT_DIR}/synthetic.h5"
+EVALUATE_DIR = f"{RESULTS}/evaluate"
+MANIFEST = f"{RESULTS}/manifest.tsv"
+
+
+def image_file(split: str, view: str, data_dir: str = DATA_DIR) -> str:
+    """Extracted images of one split and view."""
+    return f"{data_dir}/{split}_{view}.h5"
+
+
+def anno_file(split: str, view: str, data_dir: str = DATA_DIR) -> str:
+    """Extracted masks of one split and view."""
+    return f"{data_dir}/anno_{split}_{view}.h5"
+
+
+def preview_file(split: str, data_dir: str = DATA_DIR) -> str:
+    return f"{data_dir}/preview_{split}.png"
+
+
+def extracted(splits: Iterable[str], views: Iterable[str], *, images: bool = True,
+              annos: bool = True, data_dir: str = DATA_DIR) -> list[str]:
+    """Extracted HDF5 files of ``splits`` x ``views``: images first, then masks."""
+    pairs = [(s, v) for s in splits for v in views]
+    out = [image_file(s, v, data_dir) for s, v in pairs] if images else []
+    return out + ([anno_file(s, v, data_dir) for s, v in pairs] if annos else [])
+
+
+def train_outputs(train_dir: str = TRAIN_DIR) -> dict[str, str]:
+    """Declared outputs of train, by rule output name."""
+    return {
+        "generator": f"{train_dir}/generator.pt",
+        "config": f"{train_dir}/config.json",
+        "log_csv": f"{train_dir}/train_log.csv",
+        "losses": f"{train_dir}/losses.png",
+        "samples": f"{train_dir}/samples",
+    }
+
+
+def export_outputs(export_cfg: Mapping[str, Any], export_dir: str = EXPORT_DIR) -> dict[str, str]:
+    """Declared outputs of export (the nnU-Net folder only when ``formats`` holds nnunet)."""
+    out = {
+        "h5": f"{export_dir}/synthetic.h5",
+        "preview": f"{export_dir}/preview.png",
+        "card": f"{export_dir}/dataset_card.md",
+    }
+    if "nnunet" in export_cfg["formats"]:
+        out["nnunet"] = nnunet_dir(export_cfg, export_dir)
+    return out
+
+
+def nnunet_dir(export_cfg: Mapping[str, Any], export_dir: str = EXPORT_DIR) -> str:
+    """The nnU-Net v2 raw dataset folder (``export.formats`` holding nnunet)."""
+    nn = export_cfg["nnunet"]
+    return f"{export_dir}/nnunet/Dataset{nn['dataset_id']:03d}_{nn['name']}"
+
+
+def evaluate_outputs(evaluate_dir: str = EVALUATE_DIR) -> dict[str, str]:
+    return {
+        "metrics": f"{evaluate_dir}/metrics.csv",
+        "dice": f"{evaluate_dir}/dice.png",
+        "summary": f"{evaluate_dir}/summary.md",
+        "worst": f"{evaluate_dir}/worst.png",
+    }
+
+
+def stage_log(stage: str) -> str:
+    return f"{RESULTS}/logs/{stage}.log"
+
+
+def benchmark(stage: str) -> str:
+    return f"{RESULTS}/benchmarks/{stage}.tsv"
