@@ -303,3 +303,40 @@ def test_speckle_decorrelates_between_frames():
     ed_es, neighbours = corr(0, n - 1), corr(0, 1)
     assert ed_es < 0.45
     assert neighbours > ed_es + 0.15
+
+
+def test_wall_dropout_fades_a_segment():
+    """A dropout segment of the lateral wall or septum is darker than the rest of that wall.
+
+    Checked on a Good/Medium exam: in Poor ones the near-field haze fills the faded segment.
+    """
+    from scipy import ndimage
+
+    from cardigan.echo_imaging import Imager
+    from cardigan.heart_model import lv_axes
+
+    found = None
+    for i in range(30):
+        p = phantom.draw_patient(0, i)
+        for vi, v in enumerate(VIEWS):
+            if found or p.quality == "Poor":
+                continue
+            segs = Imager(p.views[v], 0, vi).dropout
+            for side in (1, -1):
+                mine = [s for s in segs if s[0] == side]
+                if len(mine) == 1 and mine[0][3] > 0.8 and 0.35 < mine[0][1] < 0.75:
+                    found = (i, v, mine[0])
+    assert found, "no Good/Medium exam with a single deep dropout segment among the first 30"
+    i, v, (side, centre, width, _) = found
+    spec = phantom.draw_patient(0, i).views[v]
+    im, gt = phantom.render_patient(0, i, sequences=False)["views"][v][0]
+    ys = (np.arange(im.shape[0], dtype=np.float32)[:, None] + 0.5) * spec.row_mm
+    xs = (np.arange(im.shape[1], dtype=np.float32)[None, :] - (im.shape[1] - 1) / 2) * spec.col_mm
+    u, w = lv_axes(spec.ed, xs, ys)
+    t = u / spec.ed.length
+    # The endocardial half of the wall (away from the bright pericardium).
+    wall = (gt == 2) & ndimage.binary_dilation(gt == 1, iterations=8) & (w * side > 0)
+    faded = wall & (np.abs(t - centre) < 0.5 * width)
+    kept = wall & (np.abs(t - centre) > 2.5 * width) & (t > 0.1) & (t < 1)
+    assert faded.sum() > 200 and kept.sum() > 200
+    assert im[faded].mean() < im[kept].mean() - 15

@@ -21,6 +21,7 @@ Every frame is imaged on a polar (depth x beam angle) grid, then scan-converted 
 from __future__ import annotations
 
 import math
+from functools import cached_property
 
 import numpy as np
 from scipy import ndimage
@@ -55,30 +56,38 @@ class Scanner:
 
         # Output pixel centres; the probe (sector apex) sits at the top centre.
         h, w = spec.height, spec.width
-        ys = (np.arange(h, dtype=np.float32) + 0.5) * spec.row_mm
-        xs = (np.arange(w, dtype=np.float32) - (w - 1) / 2) * spec.col_mm
-        self.xs, self.ys = xs, ys
-        rr = np.hypot(xs[None, :], ys[:, None])
-        tt = np.arctan2(xs[None, :], ys[:, None])
-        fan = (rr <= spec.depth_mm) & (np.abs(tt) <= half)
-        self.fan = fan
-        self.fan_idx = np.flatnonzero(fan)
-        fr = np.clip(rr.ravel()[self.fan_idx] / POLAR_DR_MM - 0.5, 0, self.n_r - 1.001)
-        ft = np.clip((tt.ravel()[self.fan_idx] + half) / self.dt - 0.5, 0, self.n_t - 1.001)
+        self.ys = (np.arange(h, dtype=np.float32) + 0.5) * spec.row_mm
+        self.xs = (np.arange(w, dtype=np.float32) - (w - 1) / 2) * spec.col_mm
+
+    @cached_property
+    def fan(self) -> np.ndarray:
+        """Output pixels inside the sector (built on first use: drawing an exam needs no tables)."""
+        rr = np.hypot(self.xs[None, :], self.ys[:, None])
+        tt = np.arctan2(self.xs[None, :], self.ys[:, None])
+        return (rr <= self.spec.depth_mm) & (np.abs(tt) <= self.spec.half_angle)
+
+    @cached_property
+    def _tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Scan conversion: (output pixel index, polar radial weight, angular weight, corner)."""
+        half = self.spec.half_angle
+        fan_idx = np.flatnonzero(self.fan)
+        x = np.broadcast_to(self.xs[None, :], self.fan.shape).ravel()[fan_idx]
+        y = np.broadcast_to(self.ys[:, None], self.fan.shape).ravel()[fan_idx]
+        fr = np.clip(np.hypot(x, y) / POLAR_DR_MM - 0.5, 0, self.n_r - 1.001)
+        ft = np.clip((np.arctan2(x, y) + half) / self.dt - 0.5, 0, self.n_t - 1.001)
         i0 = fr.astype(np.int64)
         j0 = ft.astype(np.int64)
-        self.wr = (fr - i0).astype(np.float32)
-        self.wt = (ft - j0).astype(np.float32)
-        self.k00 = i0 * self.n_t + j0
+        return fan_idx, (fr - i0).astype(np.float32), (ft - j0).astype(np.float32), i0 * self.n_t + j0
 
     def scan_convert(self, polar: np.ndarray) -> np.ndarray:
         """Bilinear polar -> Cartesian; zero outside the sector."""
+        fan_idx, wr, wt, k = self._tables
         p = polar.ravel()
-        k, n_t = self.k00, self.n_t
-        top = p[k] * (1 - self.wt) + p[k + 1] * self.wt
-        bot = p[k + n_t] * (1 - self.wt) + p[k + n_t + 1] * self.wt
+        n_t = self.n_t
+        top = p[k] * (1 - wt) + p[k + 1] * wt
+        bot = p[k + n_t] * (1 - wt) + p[k + n_t + 1] * wt
         out = np.zeros(self.spec.height * self.spec.width, np.uint8)
-        out[self.fan_idx] = np.rint(top * (1 - self.wr) + bot * self.wr).astype(np.uint8)
+        out[fan_idx] = np.rint(top * (1 - wr) + bot * wr).astype(np.uint8)
         return out.reshape(self.spec.height, self.spec.width)
 
     def mask(self, heart: Heart) -> np.ndarray:
