@@ -26,7 +26,7 @@ from functools import cached_property
 import numpy as np
 from scipy import ndimage
 
-from .heart_model import (BAND, BG, LA, LV, MYO, N_CLASSES, PAP, PERI, RBLOOD, VALVE, WALL, Heart,
+from .heart_model import (BAND, BG, BLOOD, LA, LV, MYO, N_CLASSES, PAP, PERI, RBLOOD, VALVE, WALL, Heart,
                           heart_at, lv_axes, outer_halfwidth, tissue_map)
 
 POLAR_DR_MM = 0.3  # polar grid: axial step
@@ -174,7 +174,7 @@ class Imager:
         db[BAND] = rng.uniform(-5, 1)
         self.echo = (10 ** (db / 20)).astype(np.float32)
         self.blood_class = np.zeros(N_CLASSES, bool)
-        self.blood_class[[LV, LA, RBLOOD]] = True
+        self.blood_class[list(BLOOD)] = True
 
         # Tissue texture (fixed to the patient) and cavity clutter ("smoke"), log-normal.
         self.tex = np.exp(0.5 * _smooth_field(rng, (n_r, n_t), (10, 4))).astype(np.float32)

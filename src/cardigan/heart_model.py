@@ -79,7 +79,7 @@ def profile(t: np.ndarray, c: float = 0.55, p: float = 2.0) -> np.ndarray:
     return np.where(t < c32, top, base)
 
 
-def _cube(a: np.ndarray) -> np.ndarray:
+def _superellipse(a: np.ndarray) -> np.ndarray:
     """|a| ** 2.5: the chambers' superellipse exponent (between an ellipse and a rounded box)."""
     return a * a * np.sqrt(np.abs(a))
 
@@ -141,8 +141,8 @@ def tissue_map(h: Heart, x: np.ndarray, y: np.ndarray, labels_only: bool = False
             # The moderator band crosses the RV from the septum to its free wall.
             out[rv & (np.abs(t_rv - f32(h.band_u)) < f32(2.5 / rv_len))] = BAND
         ra_c = -(0.5 * h.la_width + 4 + 0.5 * h.ra_width)
-        ra_r = _cube((u - f32(h.length + 0.45 * h.la_length)) / f32(0.5 * h.la_length)) + _cube(
-            (v - f32(ra_c)) / f32(0.5 * h.ra_width))
+        ra_r = _superellipse((u - f32(h.length + 0.45 * h.la_length)) / f32(0.5 * h.la_length)) + \
+            _superellipse((v - f32(ra_c)) / f32(0.5 * h.ra_width))
         out[(ra_r <= 1.4) & below] = WALL
         out[(ra_r <= 1.0) & below] = RBLOOD
         # Tricuspid leaflets across the RV's base.
@@ -154,7 +154,7 @@ def tissue_map(h: Heart, x: np.ndarray, y: np.ndarray, labels_only: bool = False
     lu = u - f32(h.length)
     au = lu * c + v * s - f32(0.425 * h.la_length)
     aw = v * c - lu * s
-    la_r = _cube(au / f32(0.5 * h.la_length)) + _cube(aw / f32(0.5 * h.la_width))
+    la_r = _superellipse(au / f32(0.5 * h.la_length)) + _superellipse(aw / f32(0.5 * h.la_width))
     if not labels_only:
         out[(la_r <= 1.4) & below] = WALL
     out[(la_r <= 1.0) & below] = LA

@@ -1,16 +1,13 @@
 """A deterministic CAMUS-like phantom: apical 2CH/4CH echocardiograms written as the CAMUS release.
 
-Each patient gets its own anatomy (LV length, width, wall thickness, tilt, LA size, imaging depth,
-pixel spacing, image quality) and a contraction from end-diastole (ED) to end-systole (ES). Every
-frame is imaged with a cheap ultrasound model on a polar (depth x angle) grid:
-
-1. a tissue map (LV cavity, LV myocardium, LA, right heart, pericardium, other tissue) is
-   evaluated at the polar sample points and turned into an echogenicity (scatterer amplitude) map;
-2. complex Gaussian scatterers carry that amplitude (fully developed speckle);
-3. a Gaussian point-spread function blurs them, short axially and a constant *angle* laterally, so
-   that after scan conversion the lateral resolution degrades with depth as with a real probe;
-4. the envelope (magnitude) is log-compressed to a 40-60 dB dynamic range mapped to 0-255;
-5. the polar image is scan-converted (bilinear) into the Cartesian sector, zero outside it.
+It is meant to be as hard as CAMUS in the ways a segmenter feels: each patient has an ImageQuality
+grade (Good/Medium/Poor, 35/40/25 %) that sets blood/tissue contrast, cavity clutter, haze and
+wall dropout, and each view its own acquisition: depth 12-17 cm (so the image height varies),
+sector angle 60-85 degrees, heart position/tilt and foreshortening, gain/TGC/dynamic range/grey
+map, shadows and reverberations. This module draws the patients and their acquisition geometry and
+writes the files; ``heart_model`` holds the analytic anatomy (labelled LV cavity, myocardium, LA;
+unlabelled right heart, valves, papillary muscle, pericardium, ...) and ``echo_imaging`` the
+ultrasound look (speckle that decorrelates from ED to ES, PSF, artefacts, scan conversion).
 
 The masks (0 background, 1 LV cavity, 2 LV myocardium, 3 LA) are rasterised from the same analytic
 anatomy at the centre of every output pixel, so they are exact on the output grid, contain only
