@@ -1,16 +1,13 @@
 """A deterministic CAMUS-like phantom: apical 2CH/4CH echocardiograms written as the CAMUS release.
 
-Each patient gets its own anatomy (LV length, width, wall thickness, tilt, LA size, imaging depth,
-pixel spacing, image quality) and a contraction from end-diastole (ED) to end-systole (ES). Every
-frame is imaged with a cheap ultrasound model on a polar (depth x angle) grid:
-
-1. a tissue map (LV cavity, LV myocardium, LA, right heart, pericardium, other tissue) is
-   evaluated at the polar sample points and turned into an echogenicity (scatterer amplitude) map;
-2. complex Gaussian scatterers carry that amplitude (fully developed speckle);
-3. a Gaussian point-spread function blurs them, short axially and a constant *angle* laterally, so
-   that after scan conversion the lateral resolution degrades with depth as with a real probe;
-4. the envelope (magnitude) is log-compressed to a 40-60 dB dynamic range mapped to 0-255;
-5. the polar image is scan-converted (bilinear) into the Cartesian sector, zero outside it.
+It is meant to be as hard as CAMUS in the ways a segmenter feels: each patient has an ImageQuality
+grade (Good/Medium/Poor, 35/40/25 %) that sets blood/tissue contrast, cavity clutter, haze and
+wall dropout, and each view its own acquisition: depth 12-17 cm (so the image height varies),
+sector angle 60-85 degrees, heart position/tilt and foreshortening, gain/TGC/dynamic range/grey
+map, shadows and reverberations. This module draws the patients and their acquisition geometry and
+writes the files; ``heart_model`` holds the analytic anatomy (labelled LV cavity, myocardium, LA;
+unlabelled right heart, valves, papillary muscle, pericardium, ...) and ``echo_imaging`` the
+ultrasound look (speckle that decorrelates from ED to ES, PSF, artefacts, scan conversion).
 
 The masks (0 background, 1 LV cavity, 2 LV myocardium, 3 LA) are rasterised from the same analytic
 anatomy at the centre of every output pixel, so they are exact on the output grid, contain only
@@ -37,10 +34,11 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from .atomic import atomic_dir
 from .defaults import default
+from .echo_imaging import Imager, rng_for
+from .heart_model import Heart
 
 log = logging.getLogger("cardigan")
 
@@ -50,31 +48,9 @@ LAYOUTS = ("nifti2023", "mhd2019")
 SPLIT_FILES = ("subgroup_training.txt", "subgroup_validation.txt", "subgroup_testing.txt")
 MIN_PATIENTS = 3
 
-# Tissue classes of the simulation; the first four are the CAMUS labels.
-_BG, _LV, _MYO, _LA, _RBLOOD, _WALL, _PERI = range(7)
-
-_HALF_ANGLE = math.radians(37.5)  # the sector spans about 75 degrees
 _ROW_MM = 0.154  # nominal CAMUS axial pixel size; the lateral one is twice that
-_POLAR_DR_MM = 0.3  # polar grid: axial step
-_POLAR_ANGLES = 200  # polar grid: number of beams over the sector
-
-
-@dataclass(frozen=True)
-class Heart:
-    """Anatomy at one instant, in mm, in image coordinates (x to the right, y = depth)."""
-
-    apex_x: float  # endocardial apex
-    apex_y: float
-    tilt: float  # rad; angle of the long axis from the beam direction (positive: base to the right)
-    length: float  # apex to mitral plane (endocardium)
-    width: float  # largest cavity width
-    wall: float  # myocardial thickness
-    asym: float  # lateral/septal width asymmetry (fraction)
-    la_length: float
-    la_width: float
-    la_tilt: float  # rad, extra tilt of the atrium's axis
-    rv_width: float  # 0 in 2CH: no right heart in the plane
-    ra_width: float
+#: Share of the ImageQuality grades (CAMUS is not filtered for quality: a good part is Poor).
+QUALITY_SHARES = {"Good": 0.35, "Medium": 0.40, "Poor": 0.25}
 
 
 @dataclass(frozen=True)
@@ -84,6 +60,7 @@ class ViewSpec:
     patient: int  # 0-based index
     view: str
     depth_mm: float
+    half_angle: float  # rad; half the sector's opening
     row_mm: float
     col_mm: float
     height: int
@@ -91,9 +68,6 @@ class ViewSpec:
     ed: Heart
     es: Heart
     nb_frames: int
-    dynamic_range_db: float
-    psf_axial_mm: float
-    psf_lateral_deg: float
     quality: str
 
 
@@ -122,56 +96,72 @@ def split_counts(n: int) -> tuple[int, int, int]:
     return n - n_val - n_test, n_val, n_test
 
 
-def _rng(seed: int, *key: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
-
-
 # --------------------------------------------------------------------------------------------
-# Anatomy
+# Patients
 # --------------------------------------------------------------------------------------------
 
 
 def draw_patient(seed: int, index: int) -> PatientSpec:
-    """The patient's anatomy, acquisition settings and metadata (deterministic in seed, index)."""
-    rng = _rng(seed, index, 0)
+    """The patient's anatomy, acquisition geometry and metadata (deterministic in seed, index)."""
+    rng = rng_for(seed, index, 0)
     sex = "M" if rng.random() < 0.6 else "F"
     age = int(rng.integers(20, 91))
-    quality = str(rng.choice(["Good", "Medium", "Poor"], p=[0.35, 0.45, 0.2]))
-    size = 1.0 + (0.06 if sex == "M" else -0.04) + rng.normal(0, 0.05)
-    ef_target = rng.uniform(0.35, 0.70)
-    length = rng.uniform(74, 90) * size
-    width = rng.uniform(40, 50) * size
-    wall = rng.uniform(8, 12)
-    la_length = rng.uniform(38, 50) * size
-    la_width = rng.uniform(34, 44) * size
+    quality = str(rng.choice(list(QUALITY_SHARES), p=list(QUALITY_SHARES.values())))
+    size = 1.0 + (0.06 if sex == "M" else -0.04) + rng.normal(0, 0.06)
+    dilated = rng.random() < 0.12
+    if dilated:
+        size *= rng.uniform(1.12, 1.28)
+    ef_target = rng.uniform(0.2, 0.45) if dilated else rng.uniform(0.35, 0.72)
+    length = rng.uniform(70, 92) * size
+    width = rng.uniform(36, 52) * size
+    wall = rng.uniform(6, 13)
+    wall_sept = rng.uniform(0.85, 1.1) if rng.random() < 0.7 else rng.uniform(1.15, 1.5)
+    la_length = rng.uniform(36, 54) * size
+    la_width = rng.uniform(32, 46) * size
     # Systole: the apex barely moves, the base descends towards it (long-axis shortening), the
     # cavity narrows and the wall thickens; the atrium fills.
-    s_len = rng.uniform(0.86, 0.94)
+    s_len = rng.uniform(0.86, 0.95)
     s_wid = math.sqrt((1 - ef_target) / s_len)  # V ~ L W^2 (area-length)
-    thicken = rng.uniform(1.15, 1.35)
-    la_fill = rng.uniform(1.08, 1.2)
+    thicken = rng.uniform(1.1, 1.4) if not dilated else rng.uniform(1.02, 1.15)
+    la_fill = rng.uniform(1.06, 1.2)
     nb_frames = int(rng.integers(5, 8))
     frame_rate = round(nb_frames / rng.uniform(0.28, 0.38), 1)
     row_mm = _ROW_MM * rng.uniform(0.97, 1.03)
-    dyn = {"Good": (50, 60), "Medium": (45, 55), "Poor": (40, 50)}[quality]
 
     views = {}
     for v, view in enumerate(VIEWS):
-        vr = _rng(seed, index, 1, v)
+        vr = rng_for(seed, index, 1, v)
         four = view == "4CH"
+        half_angle = math.radians(vr.uniform(30, 42.5))
+        # Foreshortening: the probe misses the true apex, the LV looks shorter and blunter.
+        short = vr.random() < 0.3
         ed = Heart(
-            apex_x=vr.uniform(0, 8) if four else vr.uniform(-5, 5),
-            apex_y=vr.uniform(16, 28),
-            tilt=math.radians(vr.uniform(0, 10) if four else vr.uniform(-8, 8)),
-            length=length * vr.uniform(0.96, 1.04),
-            width=width * vr.uniform(0.94, 1.06),
-            wall=wall * vr.uniform(0.95, 1.05),
-            asym=vr.uniform(-0.08, 0.08),
+            apex_x=vr.uniform(-6, 12) if four else vr.uniform(-9, 9),
+            apex_y=vr.uniform(8, 34) + (vr.uniform(4, 12) if short else 0.0),
+            tilt=math.radians(vr.uniform(-10, 18) if four else vr.uniform(-12, 12)),
+            length=length * vr.uniform(0.95, 1.05) * (vr.uniform(0.8, 0.9) if short else 1.0),
+            width=width * vr.uniform(0.93, 1.07),
+            wall=wall * vr.uniform(0.92, 1.08),
+            wall_sept=wall_sept if four else vr.uniform(0.85, 1.15),
+            asym=vr.uniform(-0.1, 0.1),
+            widest=vr.uniform(0.45, 0.62),
+            blunt=vr.uniform(2.6, 3.6) if short else vr.uniform(1.8, 2.4),
             la_length=la_length * vr.uniform(0.95, 1.05),
             la_width=la_width * vr.uniform(0.95, 1.05),
-            la_tilt=math.radians(vr.uniform(-10, 10)),
-            rv_width=vr.uniform(22, 32) * size if four else 0.0,
-            ra_width=vr.uniform(28, 38) * size if four else 0.0,
+            la_tilt=math.radians(vr.uniform(-12, 12)),
+            peri_gap=vr.uniform(0.5, 5),
+            peri_thick=vr.uniform(1.2, 3.5),
+            pap_u=vr.uniform(0.45, 0.7),
+            pap_size=vr.uniform(2.5, 5) if vr.random() < 0.75 else 0.0,
+            valve_bow=vr.uniform(1, 5),
+            rv_width=vr.uniform(16, 38) * size if four else 0.0,
+            rv_start=vr.uniform(0.12, 0.4),
+            rv_wall=vr.uniform(2.5, 5),
+            band_u=vr.uniform(0.25, 0.55) if four and vr.random() < 0.6 else 0.0,
+            ra_width=vr.uniform(26, 42) * size if four else 0.0,
+            ao_radius=vr.uniform(8, 12) if vr.random() < 0.5 else 0.0,
+            ao_u=length + la_length * vr.uniform(0.85, 1.15),
+            ao_v=vr.uniform(0.5, 0.8) * la_width + 14,
         )
         es = replace(
             ed,
@@ -181,248 +171,24 @@ def draw_patient(seed: int, index: int) -> PatientSpec:
             wall=ed.wall * thicken,
             la_length=ed.la_length * la_fill,
             la_width=ed.la_width * la_fill,
-            rv_width=ed.rv_width * 0.8,
+            pap_size=ed.pap_size * 1.2,
+            rv_width=ed.rv_width * vr.uniform(0.7, 0.9),
             ra_width=ed.ra_width * 1.1,
+            ao_u=ed.ao_u - ed.length * (1 - s_len),
         )
-        # Deep enough to show most of the atrium, within CAMUS's 13-16 cm.
+        # Deep enough to show most of the atrium, within about 12-17 cm.
         bottom = ed.apex_y + ed.length + 0.85 * es.la_length
-        depth = float(np.clip(bottom + vr.uniform(-2, 14), 130, 160))
+        depth = float(np.clip(bottom + vr.uniform(-6, 22), 120, 170))
         col_mm = 2 * row_mm * vr.uniform(0.99, 1.01)
         height = int(round(depth / row_mm))
-        width_px = int(round(2 * depth * math.sin(_HALF_ANGLE) / col_mm))
+        width_px = int(round(2 * depth * math.sin(half_angle) / col_mm))
         views[view] = ViewSpec(
-            patient=index, view=view, depth_mm=depth, row_mm=row_mm, col_mm=col_mm,
-            height=height, width=width_px, ed=ed, es=es, nb_frames=nb_frames,
-            dynamic_range_db=vr.uniform(*dyn), psf_axial_mm=vr.uniform(0.3, 0.45),
-            psf_lateral_deg=vr.uniform(0.6, 0.9), quality=quality,
+            patient=index, view=view, depth_mm=depth, half_angle=half_angle, row_mm=row_mm,
+            col_mm=col_mm, height=height, width=width_px, ed=ed, es=es, nb_frames=nb_frames,
+            quality=quality,
         )
     return PatientSpec(index=index, name=patient_name(index), sex=sex, age=age, quality=quality,
                        frame_rate=frame_rate, views=views)
-
-
-def heart_at(spec: ViewSpec, phase: float) -> Heart:
-    """Anatomy at ``phase`` in [0, 1] (0 = ED, 1 = ES), eased like the ejection's volume curve."""
-    s = 0.5 - 0.5 * math.cos(math.pi * phase)
-    ed, es = spec.ed, spec.es
-    return Heart(**{f: getattr(ed, f) + s * (getattr(es, f) - getattr(ed, f))
-                    for f in Heart.__dataclass_fields__})
-
-
-def _profile(t: np.ndarray) -> np.ndarray:
-    """Half-width of the LV cavity along its axis, as a fraction of the largest: a bullet shape.
-
-    An ellipse from the apex (t = 0) to its widest point (t = c), then a gentle narrowing to the
-    mitral annulus (t = 1); zero outside [0, 1].
-    """
-    c = np.float32(0.55)
-    t = np.clip(t, -1, 2)
-    a = (c - t) / c
-    top = np.sqrt(np.clip(1 - a * a, 0, None))
-    b = (t - c) / (1 - c)
-    base = np.clip(1 - 0.22 * b * b, 0, None) * (t <= 1)
-    return np.where(t < c, top, base)
-
-
-def _cube(a: np.ndarray) -> np.ndarray:
-    return np.abs(a * a * a)
-
-
-def tissue_map(h: Heart, x: np.ndarray, y: np.ndarray, labels_only: bool = False) -> np.ndarray:
-    """Tissue class (``_BG`` .. ``_PERI``) at points (x, y) mm; classes 0-3 are the CAMUS labels.
-
-    With ``labels_only`` the unlabelled structures (right heart, walls, pericardium) are skipped
-    and the result holds CAMUS labels only.
-    """
-    x, y = np.broadcast_arrays(x, y)
-    f32 = np.float32
-    ax, ay = f32(math.sin(h.tilt)), f32(math.cos(h.tilt))
-    dx, dy = x - f32(h.apex_x), y - f32(h.apex_y)
-    u = dx * ax + dy * ay  # along the long axis, from the apex towards the base
-    v = dx * ay - dy * ax  # across it; negative: septal side (image left in 4CH)
-    av = np.abs(v)
-    apex_wall = f32(0.8 * h.wall)
-    outer = f32(0.5 * h.width) * _profile((u + apex_wall) / f32(h.length + apex_wall)) + f32(
-        h.wall) * np.sqrt(np.clip((u + apex_wall) / apex_wall, 0, 1))
-    above_mitral = u <= h.length
-    below = ~above_mitral
-    out = np.zeros(x.shape, np.uint8)
-
-    # Paint from the outermost structure inwards so that inner ones win.
-    if not labels_only:
-        out[above_mitral & (u >= -apex_wall - 2.5) & (av <= outer + 2.5)] = _PERI
-    if not labels_only and h.rv_width > 0:
-        # Right ventricle hugging the septum, shorter than the LV; right atrium beside the LA.
-        t_rv = (u - f32(0.22 * h.length)) / f32(0.78 * h.length)
-        rv_half = f32(h.rv_width) * _profile(np.clip(t_rv, 0, 1) * f32(0.9) + f32(0.1)) * (
-            (t_rv >= 0) & above_mitral)
-        inner = -outer - 2.0
-        out[(v < inner) & (v > inner - rv_half - 4) & (rv_half > 0)] = _WALL
-        out[(v < inner) & (v > inner - rv_half)] = _RBLOOD
-        ra_c = -(0.5 * h.la_width + 4 + 0.5 * h.ra_width)
-        ra_r = _cube((u - f32(h.length + 0.45 * h.la_length)) / f32(0.5 * h.la_length)) + _cube(
-            (v - f32(ra_c)) / f32(0.5 * h.ra_width))
-        out[(ra_r <= 1.4) & below] = _WALL
-        out[(ra_r <= 1.0) & below] = _RBLOOD
-
-    # Left atrium below the mitral plane: a rounded box, tilted a little off the LV axis.
-    c, s = f32(math.cos(h.la_tilt)), f32(math.sin(h.la_tilt))
-    lu = u - f32(h.length)
-    au = lu * c + v * s - f32(0.425 * h.la_length)
-    aw = v * c - lu * s
-    la_r = _cube(au / f32(0.5 * h.la_length)) + _cube(aw / f32(0.5 * h.la_width))
-    if not labels_only:
-        out[(la_r <= 1.4) & below] = _WALL
-    out[(la_r <= 1.0) & below] = _LA
-
-    out[above_mitral & (u >= -apex_wall) & (av <= outer)] = _MYO
-    half = f32(0.5 * h.width) * _profile(u / f32(h.length)) * np.where(
-        v < 0, f32(1 + h.asym), f32(1 - h.asym))
-    out[(u >= 0) & above_mitral & (av <= half)] = _LV
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Imaging
-# --------------------------------------------------------------------------------------------
-
-
-class _Scanner:
-    """Polar grid and scan-conversion tables of one view (shared by all its frames)."""
-
-    def __init__(self, spec: ViewSpec):
-        self.spec = spec
-        self.n_r = int(math.ceil(spec.depth_mm / _POLAR_DR_MM))
-        self.n_t = _POLAR_ANGLES
-        self.dt = 2 * _HALF_ANGLE / self.n_t
-        r = (np.arange(self.n_r, dtype=np.float32) + 0.5) * _POLAR_DR_MM
-        th = (-_HALF_ANGLE + (np.arange(self.n_t, dtype=np.float32) + 0.5) * self.dt)
-        self.r = r
-        self.px = r[:, None] * np.sin(th)[None, :]
-        self.py = r[:, None] * np.cos(th)[None, :]
-
-        # Output pixel centres; the probe (sector apex) sits at the top centre.
-        h, w = spec.height, spec.width
-        ys = (np.arange(h, dtype=np.float32) + 0.5) * spec.row_mm
-        xs = (np.arange(w, dtype=np.float32) - (w - 1) / 2) * spec.col_mm
-        self.xs, self.ys = xs, ys
-        rr = np.hypot(xs[None, :], ys[:, None])
-        tt = np.arctan2(xs[None, :], ys[:, None])
-        fan = (rr <= spec.depth_mm) & (np.abs(tt) <= _HALF_ANGLE)
-        self.fan = fan
-        self.fan_idx = np.flatnonzero(fan)
-        fr = np.clip(rr.ravel()[self.fan_idx] / _POLAR_DR_MM - 0.5, 0, self.n_r - 1.001)
-        ft = np.clip((tt.ravel()[self.fan_idx] + _HALF_ANGLE) / self.dt - 0.5, 0, self.n_t - 1.001)
-        i0 = fr.astype(np.int64)
-        j0 = ft.astype(np.int64)
-        self.wr = (fr - i0).astype(np.float32)
-        self.wt = (ft - j0).astype(np.float32)
-        self.k00 = i0 * self.n_t + j0
-
-    def scan_convert(self, polar: np.ndarray) -> np.ndarray:
-        """Bilinear polar -> Cartesian; zero outside the sector."""
-        p = polar.ravel()
-        k, n_t = self.k00, self.n_t
-        top = p[k] * (1 - self.wt) + p[k + 1] * self.wt
-        bot = p[k + n_t] * (1 - self.wt) + p[k + n_t + 1] * self.wt
-        out = np.zeros(self.spec.height * self.spec.width, np.uint8)
-        out[self.fan_idx] = np.rint(top * (1 - self.wr) + bot * self.wr).astype(np.uint8)
-        return out.reshape(self.spec.height, self.spec.width)
-
-    def mask(self, heart: Heart) -> np.ndarray:
-        """CAMUS labels at the output pixel centres, within the heart's bounding box and the fan."""
-        spec = self.spec
-        out = np.zeros((spec.height, spec.width), np.uint8)
-        # The LV and the LA (|LA tilt| < 15 degrees) fit in this box of the LV's frame.
-        reach_u = heart.length + 1.15 * heart.la_length + 0.3 * heart.la_width + 2
-        reach_v = max(0.5 * heart.width * 1.1 + heart.wall, 0.6 * heart.la_width + 0.15 * heart.la_length) + 2
-        ax, ay = math.sin(heart.tilt), math.cos(heart.tilt)
-        cu = np.array([-heart.wall - 2, reach_u])
-        cv = np.array([-reach_v, reach_v])
-        cx = heart.apex_x + cu[:, None] * ax + cv[None, :] * ay
-        cy = heart.apex_y + cu[:, None] * ay - cv[None, :] * ax
-        r0, r1 = np.searchsorted(self.ys, [cy.min(), cy.max()])
-        c0, c1 = np.searchsorted(self.xs, [cx.min(), cx.max()])
-        if r1 <= r0 or c1 <= c0:
-            return out
-        out[r0:r1, c0:c1] = _rasterise(
-            lambda x, y: tissue_map(heart, x, y, labels_only=True), self.xs[c0:c1], self.ys[r0:r1])
-        out[~self.fan] = 0
-        return out
-
-
-def _rasterise(fn, xs: np.ndarray, ys: np.ndarray, step_r: int = 4, step_c: int = 2) -> np.ndarray:
-    """``fn(x, y)`` at every pixel centre of the grid ``ys`` x ``xs``, exactly, but cheaply.
-
-    ``fn`` is evaluated on a coarse grid first; only pixels whose coarse neighbourhood holds more
-    than one value are evaluated again. Exact as long as no structure is thinner than the coarse
-    step (here 0.6 mm; the thinnest, the myocardium, is 8 mm or more).
-    """
-    h, w = len(ys), len(xs)
-
-    def samples(a: np.ndarray, step: int) -> np.ndarray:
-        # One sample past the end, so that the last pixels lie between two samples.
-        d = a[1] - a[0] if len(a) > 1 else np.float32(1)
-        return a[0] + d * step * np.arange(-(-len(a) // step) + 1, dtype=np.float32)
-
-    coarse = fn(samples(xs, step_c)[None, :], samples(ys, step_r)[:, None])
-    unsure = ndimage.maximum_filter(coarse, 3) != ndimage.minimum_filter(coarse, 3)
-    full = np.repeat(np.repeat(coarse, step_r, 0), step_c, 1)[:h, :w]
-    rr, cc = np.nonzero(np.repeat(np.repeat(unsure, step_r, 0), step_c, 1)[:h, :w])
-    full[rr, cc] = fn(xs[cc], ys[rr])
-    return full
-
-
-# Scatterer amplitude (linear) of each tissue class, before per-patient jitter.
-_ECHO = np.array([0.15, 0.012, 0.75, 0.012, 0.014, 0.45, 1.4], np.float32)
-
-
-class _Imager:
-    """Renders the frames of one view; patient-level randomness fixed at construction."""
-
-    def __init__(self, spec: ViewSpec, seed: int):
-        self.spec = spec
-        self.seed = seed
-        self.sc = _Scanner(spec)
-        rng = _rng(seed, spec.patient, 2, VIEWS.index(spec.view))
-        sc = self.sc
-        poor = {"Good": 0.0, "Medium": 0.5, "Poor": 1.0}[spec.quality]
-        self.echo = _ECHO * rng.uniform(0.8, 1.25, _ECHO.size).astype(np.float32)
-        self.echo[[_LV, _LA, _RBLOOD]] *= 1 + 1.5 * poor  # blood haze/clutter in poorer images
-        self.echo[_MYO] *= 1 - 0.3 * poor
-        # Heterogeneous tissue: a smooth log-normal texture fixed to the patient.
-        tex = ndimage.gaussian_filter(rng.standard_normal((sc.n_r, sc.n_t)).astype(np.float32),
-                                      (12, 5), mode="nearest")
-        tex *= 0.35 / max(float(tex.std()), 1e-6)
-        # Imperfect time-gain compensation, lateral drop-outs (ribs, off-axis walls) and
-        # near-field reverberation haze.
-        gain_r = np.exp(rng.uniform(-0.004, 0.002) * sc.r)
-        lat = ndimage.gaussian_filter1d(rng.standard_normal(sc.n_t).astype(np.float32), 14,
-                                        mode="nearest")
-        lat = np.clip(1 + 0.9 * (lat / max(float(np.abs(lat).max()), 1e-6)) * (0.3 + 0.5 * poor), 0.25, 1.6)
-        self.gain = (np.exp(tex) * gain_r[:, None] * lat[None, :]).astype(np.float32)
-        self.haze = (rng.uniform(0.15, 0.4) * np.exp(-sc.r / rng.uniform(8, 16)))[:, None].astype(np.float32)
-        self.noise = np.float32(0.004 * (1 + 2 * poor))
-        self.ref = np.float32(self.echo[_MYO] * 2.2)
-        self.base = rng.standard_normal((2, sc.n_r, sc.n_t), dtype=np.float32)
-        self.sigma = (spec.psf_axial_mm / _POLAR_DR_MM,
-                      math.radians(spec.psf_lateral_deg) / sc.dt)
-
-    def frame(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Image and mask of frame ``k`` (0 = ED, ``nb_frames - 1`` = ES)."""
-        spec, sc = self.spec, self.sc
-        heart = heart_at(spec, k / (spec.nb_frames - 1))
-        rng = _rng(self.seed, spec.patient, 3, VIEWS.index(spec.view), k)
-        amp = self.echo[tissue_map(heart, sc.px, sc.py)] * self.gain + self.haze
-        # Mostly the same scatterers from frame to frame (tissue), partly renewed (blood, motion).
-        fresh = rng.standard_normal((2, sc.n_r, sc.n_t), dtype=np.float32)
-        g = 0.95 * self.base + 0.31 * fresh
-        re = ndimage.gaussian_filter(amp * g[0], self.sigma, mode="nearest", truncate=3.0)
-        im = ndimage.gaussian_filter(amp * g[1], self.sigma, mode="nearest", truncate=3.0)
-        env = np.hypot(re, im) + self.noise * np.abs(fresh[0])
-        db = 20 * np.log10(env / self.ref + 1e-6)
-        dr = spec.dynamic_range_db
-        polar = np.clip((db + dr) * (255.0 / dr), 0, 255).astype(np.float32)
-        return sc.scan_convert(polar), sc.mask(heart)
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,13 +214,13 @@ def render_patient(seed: int, index: int, sequences: bool = True) -> dict:
     volumes = {}
     for view in VIEWS:
         spec = p.views[view]
-        imager = _Imager(spec, seed)
+        imager = Imager(spec, seed, VIEWS.index(view))
         n = spec.nb_frames
         ks = range(n) if sequences else (0, n - 1)
         frames = {k: imager.frame(k) for k in ks}
         result["views"][view] = frames
         areas = {k: float((frames[k][1] == 1).sum()) * spec.row_mm * spec.col_mm for k in (0, n - 1)}
-        volumes[view] = (areas, heart_at(spec, 0).length, heart_at(spec, 1).length)
+        volumes[view] = (areas, spec.ed.length, spec.es.length)
     # Biplane area-length (the patient-level EF, as in CAMUS's Info files).
     ed_l = min(volumes[v][1] for v in VIEWS)
     es_l = min(volumes[v][2] for v in VIEWS)
