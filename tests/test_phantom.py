@@ -342,3 +342,14 @@ def test_wall_dropout_fades_a_segment():
     kept = wall & (np.abs(t - centre) > 2.5 * width) & (t > 0.1) & (t < 1)
     assert faded.sum() > 200 and kept.sum() > 200
     assert im[faded].mean() < im[kept].mean() - 15
+
+
+def test_split_sizes_can_be_chosen():
+    from cardigan.phantom import split_counts
+
+    assert split_counts(50) == (40, 5, 5)  # CAMUS-like 80/10/10 by default
+    assert split_counts(65, 5, 20) == (40, 5, 20)
+    with pytest.raises(ValueError, match="no training patient"):
+        split_counts(10, 5, 5)
+    with pytest.raises(ValueError, match="test_patients"):
+        split_counts(10, None, 0)

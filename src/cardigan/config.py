@@ -187,6 +187,12 @@ def check_semantics(config: Mapping[str, Any]) -> None:
             raise ConfigError("config key data.camus_path: required when data.source is camus")
         if not Path(path).exists():
             raise ConfigError(f"config key data.camus_path: {path} does not exist")
+    phantom = config.get("phantom", {})
+    held_out = (phantom.get("valid_patients") or 1) + (phantom.get("test_patients") or 1)
+    if data["source"] == "phantom" and phantom.get("patients", 50) <= held_out:
+        raise ConfigError(
+            f"config key phantom.patients: {phantom.get('patients')} leaves no training patient "
+            f"after phantom.valid_patients and phantom.test_patients ({held_out} in all)")
     split = data["split"]
     if split not in ("official", "seed"):
         folder = Path(split)

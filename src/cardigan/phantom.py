@@ -87,12 +87,20 @@ def patient_name(index: int) -> str:
     return f"patient{index + 1:04d}"
 
 
-def split_counts(n: int) -> tuple[int, int, int]:
-    """Training/validation/testing sizes: 80/10/10 % by patient order, at least one each."""
+def split_counts(n: int, valid: int | None = None, test: int | None = None
+                 ) -> tuple[int, int, int]:
+    """Training/validation/testing sizes in patient order: ``valid`` and ``test`` patients where
+    given, else 10 % each (as CAMUS's 400/50/50); at least one patient in each split."""
     if n < MIN_PATIENTS:
         raise ValueError(f"phantom.patients must be at least {MIN_PATIENTS} (one per split), got {n}")
-    n_val = max(1, int(n * 0.1 + 0.5))
-    n_test = max(1, int(n * 0.1 + 0.5))
+    n_val = max(1, int(n * 0.1 + 0.5)) if valid is None else valid
+    n_test = max(1, int(n * 0.1 + 0.5)) if test is None else test
+    for key, value in (("valid_patients", n_val), ("test_patients", n_test)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"phantom.{key} must be a positive integer, got {value!r}")
+    if n - n_val - n_test < 1:
+        raise ValueError(f"phantom.patients {n} leaves no training patient after "
+                         f"{n_val} validation and {n_test} test patients")
     return n - n_val - n_test, n_val, n_test
 
 
@@ -297,12 +305,15 @@ def write_phantom(
     sequences: bool = True,
     layout: str = "nifti2023",
     overwrite: bool = False,
+    valid_patients: int | None = default("phantom", "valid_patients"),
+    test_patients: int | None = default("phantom", "test_patients"),
 ) -> Path:
     """Write ``patients`` phantom patients to ``out_dir`` in a CAMUS release layout; return it.
 
     ``layout="nifti2023"`` (default): ``database_nifti/patientXXXX/`` with ED/ES images and masks,
     half sequences (unless ``sequences=False``) and ``Info_{2CH,4CH}.cfg``, plus
-    ``database_split/subgroup_{training,validation,testing}.txt`` (80/10/10 % in patient order).
+    ``database_split/subgroup_{training,validation,testing}.txt`` (in patient order:
+    ``valid_patients`` and ``test_patients``, by default 10 % each, and the rest for training).
     ``layout="mhd2019"``: ``training/`` holds the training and validation patients and
     ``testing/`` the test ones, numbered from patient0001 again, as in the 2019 release.
 
@@ -314,7 +325,7 @@ def write_phantom(
         raise ValueError(f"phantom layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if not isinstance(patients, int) or isinstance(patients, bool):
         raise ValueError(f"phantom.patients must be an integer, got {patients!r}")
-    n_train, n_val, n_test = split_counts(patients)
+    n_train, n_val, n_test = split_counts(patients, valid_patients, test_patients)
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"phantom.seed must be a non-negative integer, got {seed!r}")
     if threads < 1:
