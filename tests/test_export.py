@@ -25,7 +25,7 @@ PROVENANCE = {"data": {"views": ["4CH"], "image_size": SIZE}, "phantom": {"seed"
                                               "augment": {"n": 1, "max_tries": 20}},
               "export": {"formats": ["h5", "nnunet"]}}
 EXPORT = {"formats": ["h5", "nnunet"], "include_real": True,
-          "nnunet": {"dataset_id": 7, "name": "Toy"}}
+          "nnunet": {"dataset_id": 7, "name": "Toy", "folds": 3, "test_split": False}}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,8 @@ def inputs(tmp_path_factory):
 
 def outputs(root):
     return {"h5": root / "synthetic.h5", "preview": root / "preview.png",
-            "card": root / "dataset_card.md", "nnunet": root / "nnunet" / "Dataset007_Toy"}
+            "card": root / "dataset_card.md", "nnunet": root / "nnunet" / "Dataset007_Toy",
+            "datalist": root / "datalist.json"}
 
 
 def export(inputs, root, **kw):

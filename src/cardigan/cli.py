@@ -68,9 +68,12 @@ def _export(argv: list[str]) -> None:
     nn = cfg["export"]["nnunet"]
     if "nnunet" in cfg["export"]["formats"]:
         outputs["nnunet"] = out / "nnunet" / f"Dataset{nn['dataset_id']:03d}_{nn['name']}"
+        outputs["datalist"] = out / "datalist.json"
+    test = [split_paths(a.data_dir, "test", v) for v in views] if nn["test_split"] else []
     provenance = {k: cfg[k] for k in ("data", "phantom", "train", "sample", "export")}
     run_export(a.samples, a.generator, [i for i, _ in pairs], [m for _, m in pairs],
-               cfg["export"], provenance, outputs)
+               cfg["export"], provenance, outputs, test_images=[i for i, _ in test],
+               test_annos=[m for _, m in test])
 
 
 def _evaluate(argv: list[str]) -> None:

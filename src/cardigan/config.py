@@ -121,6 +121,13 @@ def check_semantics(config: Mapping[str, Any]) -> None:
     scale = sample.get("augment", {}).get("scale")
     if scale and scale[0] > scale[1]:
         raise ConfigError(f"config key sample.augment.scale: {scale} must be [low, high]")
+    export = config.get("export", {})
+    if (export.get("nnunet", {}).get("test_split") and "nnunet" in export.get("formats", [])
+            and "test" in sample.get("mask_splits", [])):
+        raise ConfigError(
+            "config key export.nnunet.test_split: the real test split cannot be held out when "
+            "sample.mask_splits draws synthetic images from its masks (remove test from it)"
+        )
     evaluate = config.get("evaluate", {})
     inception = evaluate.get("inception_weights")
     if inception and not Path(inception).is_file():

@@ -31,7 +31,7 @@ from .dataio import iter_frames  # noqa: E402
 from .labels import LABELS  # noqa: E402
 from .manifest import sha256_file  # noqa: E402
 from .masks import load_extracted_masks  # noqa: E402
-from .nnunet import write_nnunet  # noqa: E402
+from .nnunet import write_datalist, write_nnunet  # noqa: E402
 from .atomic import atomic_output  # noqa: E402
 from .sample import COLUMNS, SampleWriter  # noqa: E402
 
@@ -199,6 +199,32 @@ def _area_table(syn: np.ndarray, real: np.ndarray, bins: int = 8) -> list[str]:
     return lines
 
 
+CITATIONS = [
+    "S. Leclerc, E. Smistad, J. Pedrosa, A. Østvik, F. Cervenansky, F. Espinosa, T. Espeland, "
+    "E. A. R. Berg, P.-M. Jodoin, T. Grenier, C. Lartizien, J. D'hooge, L. Lovstakken and "
+    "O. Bernard, \"Deep Learning for Segmentation Using an Open Large-Scale Dataset in 2D "
+    "Echocardiography\", IEEE Transactions on Medical Imaging 38(9):2198–2210, 2019, "
+    "doi:10.1109/TMI.2019.2900516 (CAMUS).",
+    "T. Park, M.-Y. Liu, T.-C. Wang and J.-Y. Zhu, \"Semantic Image Synthesis with "
+    "Spatially-Adaptive Normalization\", IEEE/CVF Conference on Computer Vision and Pattern "
+    "Recognition (CVPR), 2019, doi:10.1109/CVPR.2019.00244 (SPADE).",
+]
+
+
+def _terms(source: str | None) -> list[str]:
+    """The card's terms-of-use and citation section."""
+    made_from = ("This dataset was made from **CAMUS** images and masks"
+                 if source == "camus" else
+                 f"This dataset was made from the built-in CAMUS-like phantom (data.source "
+                 f"{source}), not from CAMUS; a dataset made with data.source camus")
+    return ["## Terms of use and citation", "",
+            f"{made_from}: a dataset derived from CAMUS inherits the CAMUS terms of use. Check "
+            "with the CAMUS owners (CREATIS, Université de Lyon) what they allow before you "
+            "share, publish or use it commercially; cardiGAN's MIT licence covers the code only, "
+            "not data derived from CAMUS.", "",
+            "If you use it, cite CAMUS and SPADE:", "", *[f"- {c}" for c in CITATIONS], ""]
+
+
 def write_card(out_path: str | Path, stats: _Stats, real_areas: np.ndarray,
                sample_attrs: Mapping[str, Any], provenance: Mapping[str, Any],
                generator_path: str | Path, generator_sha256: str, formats: Sequence[str],
@@ -231,7 +257,12 @@ def write_card(out_path: str | Path, stats: _Stats, real_areas: np.ndarray,
         "- `preview.png`: a few samples with their masks.",
     ]
     if nnunet_dir:
-        lines.append(f"- `{nnunet_dir}`: the same samples as an nnU-Net v2 raw dataset.")
+        lines += [f"- `{nnunet_dir}`: the same samples as an nnU-Net v2 raw dataset, with "
+                  "`splits_final.json` (folds grouped by source patient: train nnU-Net with "
+                  "these, its own random split leaks a patient's variants into validation) and "
+                  "`cases.csv` (each case's row in synthetic.h5 and provenance).",
+                  "- `datalist.json`: a MONAI Decathlon-style datalist of the nnU-Net files, "
+                  "with each case's fold."]
     lines += ["", f"Formats: {', '.join(formats)}.", "",
               "## Counts", "", *table(c["kind"], "kind"), *table(c["mask"], "synthetic from"),
               *table(c["source"], "source"), *table(c["view"], "view"),
@@ -258,7 +289,8 @@ def write_card(out_path: str | Path, stats: _Stats, real_areas: np.ndarray,
               f"{sample_cfg.get('seed', 0)}.",
               f"- cardiGAN {__version__}; config hash (sha256 of the data, phantom, train, sample "
               f"and export sections) `{config_hash(provenance)}`; the full config is in the "
-              "`config_yaml` attribute of synthetic.h5.", ""]
+              "`config_yaml` attribute of synthetic.h5.", "",
+              *_terms(provenance.get("data", {}).get("source"))]
     with atomic_output(out_path) as tmp:
         Path(tmp).write_text("\n".join(lines))
 
@@ -266,11 +298,21 @@ def write_card(out_path: str | Path, stats: _Stats, real_areas: np.ndarray,
 def run_export(samples_path: str | Path, generator_path: str | Path,
                real_images: Sequence[str | Path], real_annos: Sequence[str | Path],
                export_cfg: Mapping[str, Any], provenance: Mapping[str, Any],
-               outputs: Mapping[str, str | Path]) -> dict[str, Any]:
-    """Write every export output; ``outputs`` maps h5, preview, card (and nnunet) to paths."""
+               outputs: Mapping[str, str | Path],
+               test_images: Sequence[str | Path] = (),
+               test_annos: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """Write every export output; ``outputs`` maps h5, preview, card (and nnunet, datalist) to
+    paths. ``test_images``/``test_annos``: the real test split's files, needed (only) with
+    ``export.nnunet.test_split``."""
     formats = list(export_cfg.get("formats", ["h5"]))
-    if "nnunet" in formats and "nnunet" not in outputs:
-        raise ValueError("export.formats holds nnunet but no nnunet output folder was given")
+    nn = export_cfg.get("nnunet", {})
+    if "nnunet" in formats and not {"nnunet", "datalist"} <= set(outputs):
+        raise ValueError("export.formats holds nnunet but no nnunet output folder and datalist "
+                         "file were given")
+    test_pairs = list(_pairs(test_images, test_annos))
+    if "nnunet" in formats and nn.get("test_split") and not test_pairs:
+        raise ValueError("config key export.nnunet.test_split is true but no real test split "
+                         "files were given to the export")
     generator_sha = sha256_file(generator_path)
     pairs = list(_pairs(real_images, real_annos))
     stats, sample_attrs = write_synthetic_h5(samples_path, outputs["h5"], generator_sha,
@@ -283,9 +325,10 @@ def run_export(samples_path: str | Path, generator_path: str | Path,
     write_preview(outputs["h5"], outputs["preview"])
     nnunet_dir = None
     if "nnunet" in formats:
-        nn = export_cfg.get("nnunet", {})
-        write_nnunet(outputs["h5"], outputs["nnunet"], int(nn.get("dataset_id", 501)),
-                     str(nn.get("name", "CardiGANSynthetic")))
+        write_nnunet(outputs["h5"], outputs["nnunet"], int(nn["dataset_id"]), str(nn["name"]),
+                     n_folds=int(nn["folds"]),
+                     test_pairs=test_pairs if nn.get("test_split") else ())
+        write_datalist(outputs["nnunet"], outputs["datalist"])
         nnunet_dir = os.path.relpath(outputs["nnunet"], Path(outputs["card"]).parent)
     write_card(outputs["card"], stats, real_areas, sample_attrs, provenance, generator_path,
                generator_sha, formats, nnunet_dir)

@@ -74,7 +74,16 @@ def export_outputs():
         out["nnunet"] = (
             f"results/export/nnunet/Dataset{nn['dataset_id']:03d}_{nn['name']}"
         )
+        out["datalist"] = "results/export/datalist.json"
     return out
+
+
+def export_test_split(**kind):
+    """The real test split's files, which the nnU-Net export writes as imagesTs/labelsTs."""
+    nn = config["export"]["nnunet"]
+    if "nnunet" in config["export"]["formats"] and nn["test_split"]:
+        return extracted(["test"], **kind)
+    return []
 
 
 def evaluate_outputs():

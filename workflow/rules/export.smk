@@ -4,6 +4,8 @@ rule export:
         generator="results/train/generator.pt",
         real_images=extracted(["train"], anno=False),
         real_annos=extracted(["train"], images=False),
+        test_images=export_test_split(anno=False),
+        test_annos=export_test_split(images=False),
     output:
         **{
             k: (directory(v) if k == "nnunet" else v)

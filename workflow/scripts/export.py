@@ -10,5 +10,7 @@ with stage_logging(snakemake.log[0], "export", snakemake.threads) as log:
         snakemake.params.export,
         snakemake.params.provenance,
         dict(snakemake.output.items()),
+        test_images=list(snakemake.input.test_images),
+        test_annos=list(snakemake.input.test_annos),
     )
     log.info("exported %d synthetic and %d real samples", counts["synthetic"], counts["real"])
