@@ -85,6 +85,7 @@ from .device import bf16_autocast_enabled
 from .device import resolve_device as _resolve_device
 from .losses import VGGPerceptualLoss, discriminator_losses, generator_losses
 from .model import ModelConfig, build_models, save_generator
+from .sample import plausibility_record
 from .plots import label_rgb, plot_losses, save_grid
 
 log = logging.getLogger("cardigan")
@@ -757,7 +758,9 @@ def _write_outputs(*, out_dir: Path, cfg: TrainConfig, image_size: int, model_cf
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = {"train": cfg.to_dict(), "image_size": image_size, "step": step,
              "epochs": cfg.epochs, "fingerprint": fp, "data_sha256": data_hash,
-             "ema": True}
+             "ema": True,
+             # sampling from user masks checks plausibility without the training data at hand
+             "plausibility": plausibility_record(annos_h5)}
     save_generator(out_dir / OUTPUTS["generator"], ema, model_cfg, extra=extra)
     effective = {
         "train": cfg.to_dict(), "image_size": image_size, "model_config": model_cfg.to_dict(),
