@@ -164,6 +164,8 @@ NNUNET_CHECK = textwrap.dedent("""
 def test_nnunetv2_verifies_and_loads_the_grouped_folds(built, tmp_path):
     python = _nnunet_python()
     if python is None:
+        if os.environ.get("CARDIGAN_REQUIRE_NNUNET") == "1":
+            pytest.fail("CARDIGAN_REQUIRE_NNUNET=1 but nnunetv2 is not installed")
         pytest.skip("nnunetv2 is not installed (pip install nnunetv2 -c .ci/nnunet-constraints.txt, "
                     "or set CARDIGAN_NNUNET_PYTHON)")
     raw, pre, results = tmp_path / "raw", tmp_path / "preprocessed", tmp_path / "results"
