@@ -286,6 +286,9 @@ def _check_splits(folder: Path, cases: set[str]) -> None:
             for row in csv.DictReader(fh):
                 if row["subset"] != "train":
                     continue
+                if row["case"] not in seen:
+                    raise ValueError(f"{folder / CASES_FILE}: case {row['case']} is not a "
+                                     "training case")
                 fold = patient_fold.setdefault(row["source_patient"], seen[row["case"]])
                 if fold != seen[row["case"]]:
                     raise ValueError(f"{path}: source patient {row['source_patient']} is "
