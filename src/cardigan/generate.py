@@ -24,8 +24,6 @@ other names with ``from cardigan.generate import add_arguments, run``.
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +32,6 @@ import numpy as np
 
 # The heavy imports (torch, h5py, the model) happen inside the functions: the package's
 # __init__ exports generate(), and `import cardigan` (e.g. by the Snakefile) must stay light.
-
-log = logging.getLogger("cardigan")
 
 
 @dataclass
@@ -173,21 +169,3 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ranges = _ranges(loaded, AugmentConfig.from_dict(cfg["augment"]).n)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     return write_samples(loaded, sources, ranges, cfg, args.out)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m cardigan.generate --generator ... --masks ... --out ...``"""
-    parser = add_arguments(argparse.ArgumentParser(prog="cardigan sample",
-                                                   description=__doc__.split("\n")[0]))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        run(args)
-    except (ValueError, OSError) as err:
-        print(f"cardigan sample: error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
