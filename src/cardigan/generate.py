@@ -103,7 +103,7 @@ def _ranges(loaded, n_augment: int):
 def generate(generator: str | Path, masks: Any, styles: int | None = None,
              seed: int | None = None, *, augment: int | None = None,
              batch_size: int | None = None, device: str | None = None,
-             config: str | Path | None = None) -> Generated:
+             threads: int | None = None, config: str | Path | None = None) -> Generated:
     """Images for ``masks`` from the generator file ``generator``.
 
     ``masks``: a folder of mask files, an HDF5 file of masks, or an (N, H, W) / (H, W) integer
@@ -111,7 +111,7 @@ def generate(generator: str | Path, masks: Any, styles: int | None = None,
     needs a generator trained with the VAE. ``augment``: plausible random deformations per mask.
     ``styles``, ``seed``, ``augment``, ``batch_size`` and ``device`` default to the config's
     ``sample`` section (``samples_per_mask``, ``seed``, ``augment.n``, ...). The same inputs give
-    the same images on the CPU.
+    the same images on the CPU. ``threads``: torch's CPU threads (None: as they are).
     """
     from .augment import AugmentConfig, DeformStats
     from .sample import _items, batched, open_generator
@@ -119,7 +119,7 @@ def generate(generator: str | Path, masks: Any, styles: int | None = None,
     cfg = _settings(config, augment=augment, styles=styles, seed=seed,
                     batch_size=batch_size, device=device)
     aug = AugmentConfig.from_dict(cfg["augment"])
-    loaded = open_generator(generator, cfg)
+    loaded = open_generator(generator, cfg, threads)
     sources = _sources(masks, loaded.cfg)
     ranges = _ranges(loaded, aug.n)
     index = {id(s): i for i, s in enumerate(sources)}

@@ -243,10 +243,11 @@ class Loaded:
 
 
 def open_generator(generator_path: str | Path, sample_cfg: Mapping[str, Any],
-                   threads: int = 1) -> Loaded:
-    """Load ``generator_path``, refuse settings it cannot honour, move it to sample.device."""
+                   threads: int | None = 1) -> Loaded:
+    """Load ``generator_path``, refuse settings it cannot honour, move it to sample.device.
+    ``threads``: torch's CPU threads for this process (None: leave them as they are)."""
     device = resolve_device(str(sample_cfg.get("device", "auto")))
-    if device.type == "cpu":
+    if device.type == "cpu" and threads is not None:
         torch.set_num_threads(max(1, int(threads)))
     generator, cfg, extra = load_generator(generator_path)
     check_generator(cfg, int(sample_cfg.get("samples_per_mask", 1)), generator_path)
