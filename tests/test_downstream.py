@@ -138,6 +138,9 @@ def _nnunet_python() -> str | None:
         return os.environ.get("CARDIGAN_NNUNET_PYTHON") or None
 
 
+# About 70 s on 2 busy cores; generous, since a wedged run must fail the test, not hang CI, and
+# a machine shared with other jobs was seen to take over 600 s.
+NNUNET_TIMEOUT_S = 1800
 NNUNET_CHECK = textwrap.dedent("""
     import json, os, sys
     import torch
@@ -175,7 +178,7 @@ def test_nnunetv2_verifies_and_loads_the_grouped_folds(built, tmp_path):
     env = {**os.environ, "nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre),
            "nnUNet_results": str(results), "OMP_NUM_THREADS": "1", "nnUNet_n_proc_DA": "1"}
     proc = subprocess.run([python, "-c", NNUNET_CHECK, "Dataset007_Toy"], env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=NNUNET_TIMEOUT_S)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("FOLDS="))
     loaded = json.loads(line[len("FOLDS="):])
@@ -184,7 +187,7 @@ def test_nnunetv2_verifies_and_loads_the_grouped_folds(built, tmp_path):
     # ...and a broken dataset fails nnU-Net's own check
     (raw / "Dataset007_Toy" / "labelsTr" / "syn_000001.nii.gz").unlink()
     proc = subprocess.run([python, "-c", NNUNET_CHECK, "Dataset007_Toy"], env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=NNUNET_TIMEOUT_S)
     assert proc.returncode != 0 and "syn_000001" in proc.stdout + proc.stderr
 
 
