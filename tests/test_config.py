@@ -77,6 +77,8 @@ def test_unknown_key_is_named():
         ({"sample": {"samples_per_mask": 3}}, "sample.samples_per_mask"),
         ({"sample": {"augment": {"scale": [1.2, 0.8]}}}, "sample.augment.scale"),
         ({"evaluate": {"inception_weights": "/no/inception.pth"}}, "evaluate.inception_weights"),
+        ({"export": {"formats": ["h5", "nnunet"], "nnunet": {"test_split": True}},
+          "sample": {"mask_splits": ["train", "test"]}}, "export.nnunet.test_split"),
     ],
 )
 def test_semantic_errors_name_the_key(patch, needle):

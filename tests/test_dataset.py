@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from cardigan.dataset import SyntheticDataset
+from cardigan.dataset import ExtractedDataset, SyntheticDataset, grouped_split
+from train_fixtures import write_split
 
 N, SIZE = 10, 16
 
@@ -39,7 +40,8 @@ def test_items(h5):
     assert item["image"].dtype == torch.float32 and item["image"].shape == (1, SIZE, SIZE)
     assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0
     assert np.allclose(item["image"][0].numpy(), expected_image)
-    assert item["mask"].dtype == torch.int64 and np.array_equal(item["mask"].numpy(), expected_mask)
+    assert item["mask"].dtype == torch.int64 and item["mask"].shape == (1, SIZE, SIZE)
+    assert np.array_equal(item["mask"][0].numpy(), expected_mask)
     assert item["is_synthetic"] is True and item["source_patient"] == "patient0003"
     assert item["instant"] == "ES" and item["spacing"].tolist() == [0.5, 0.5]
     assert ds[-1]["is_synthetic"] is False
@@ -76,3 +78,42 @@ def test_not_a_dataset(tmp_path):
         f["x"] = [1]
     with pytest.raises(ValueError, match="no 'images'"):
         SyntheticDataset(bad)
+
+
+def test_extracted_dataset(tmp_path):
+    write_split(tmp_path, patients=3, size=SIZE, view="4CH")
+    write_split(tmp_path, patients=2, size=SIZE, view="2CH", seed=1)
+    ds = ExtractedDataset(tmp_path, "train", ["2CH", "4CH"])
+    assert len(ds) == 10 and ds.patients[:4] == ["patient0001"] * 2 + ["patient0002"] * 2
+    item = ds[4]  # 2CH (4 frames) first, then patient0001 4CH ED
+    with h5py.File(tmp_path / "train_4CH.h5") as fi, h5py.File(tmp_path / "anno_train_4CH.h5") as fa:
+        image, mask = fi["patient0001_4CH_im_channel0"][()], fa["patient0001_4CH_gt_channel0"][()]
+    assert (item["source_patient"], item["view"], item["instant"]) == ("patient0001", "4CH", "ED")
+    assert item["image"].shape == item["mask"].shape == (1, SIZE, SIZE)
+    assert np.allclose(item["image"][0].numpy(), image / 255.0)
+    assert np.array_equal(item["mask"][0].numpy(), mask) and item["is_synthetic"] is False
+    assert len(ExtractedDataset(tmp_path, "train", ["4CH"], instants=["ES"])) == 3
+    batch = next(iter(DataLoader(ds, batch_size=10, num_workers=2)))
+    assert torch.equal(batch["mask"][4], item["mask"])
+    with pytest.raises(FileNotFoundError, match="valid_4CH.h5"):
+        ExtractedDataset(tmp_path, "valid", ["4CH"])
+
+
+def test_grouped_split_keeps_patients_on_one_side(h5, tmp_path):
+    write_split(tmp_path, patients=4, size=SIZE)
+    # the synthetic rows are patients 0..9, the real frames patients 1..4: shared patients must
+    # land on the same side whichever dataset they come from
+    both = torch.utils.data.ConcatDataset([SyntheticDataset(h5), ExtractedDataset(tmp_path, "train",
+                                                                                   ["4CH"])])
+    seen_val = set()
+    for fold in range(3):
+        train, val = grouped_split(both, n_folds=3, fold=fold)
+        assert sorted(train.indices + val.indices) == list(range(len(both)))
+        tr = {both[i]["source_patient"] for i in train.indices}
+        va = {both[i]["source_patient"] for i in val.indices}
+        assert tr and va and not tr & va
+        assert not va & seen_val
+        seen_val |= va
+    assert len(seen_val) == 10
+    with pytest.raises(ValueError, match="fold 3"):
+        grouped_split(both, n_folds=3, fold=3)

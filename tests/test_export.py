@@ -1,5 +1,6 @@
 """The export stage: synthetic.h5, preview, dataset card, nnU-Net raw dataset."""
 
+import csv
 import hashlib
 import json
 import shutil
@@ -56,7 +57,8 @@ def inputs(tmp_path_factory):
 
 def outputs(root):
     return {"h5": root / "synthetic.h5", "preview": root / "preview.png",
-            "card": root / "dataset_card.md", "nnunet": root / "nnunet" / "Dataset007_Toy"}
+            "card": root / "dataset_card.md", "nnunet": root / "nnunet" / "Dataset007_Toy",
+            "datalist": root / "datalist.json"}
 
 
 def export(inputs, root, **kw):
@@ -195,3 +197,25 @@ def test_unwritable_output_folder(inputs, tmp_path):
     blocker.write_text("")
     with pytest.raises(OSError, match="blocker"):
         export(inputs, blocker)
+
+
+def test_folds_grouped_by_patient_and_checked(inputs, exported, tmp_path):
+    folder = tmp_path / "Dataset007_Toy"
+    shutil.copytree(exported / "nnunet" / "Dataset007_Toy", folder)
+    splits = json.loads((folder / "splits_final.json").read_text())
+    with open(folder / "cases.csv", newline="") as fh:
+        patient = {r["case"]: r["source_patient"] for r in csv.DictReader(fh)}
+    assert len(splits) == 3  # export.nnunet.folds, one patient each here
+    per_fold = [{patient[c] for c in s["val"]} for s in splits]
+    assert all(len(p) == 1 for p in per_fold) and set.union(*per_fold) == set(patient.values())
+    # one case of fold 0's patient moved to another fold: the patient would leak
+    moved = splits[0]["val"].pop()
+    leaked = patient[moved]
+    splits[0]["train"].append(moved)
+    splits[1]["train"].remove(moved)
+    splits[1]["val"].append(moved)
+    (folder / "splits_final.json").write_text(json.dumps(splits))
+    with pytest.raises(ValueError, match=f"{leaked} is validated in folds 0 and 1"):
+        check_nnunet_dataset(folder)
+    with pytest.raises(ValueError, match="export.nnunet.folds: .*3 source patients cannot fill 4"):
+        export(inputs, tmp_path / "four", nnunet={**EXPORT["nnunet"], "folds": 4})

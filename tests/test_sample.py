@@ -38,6 +38,7 @@ def make_annos(path, n_patients=4, size=SIZE, seed=0):
 
 def cfg(**kw):
     base = {"samples_per_mask": 1, "batch_size": 3, "seed": 0, "device": "cpu", "mask_path": None,
+            "style_source": "real",
             "augment": {"n": 2, "rotation_deg": 8.0, "scale": [0.92, 1.08], "translation": 0.04,
                         "elastic_alpha": 3.0, "elastic_sigma": 8.0, "max_tries": 20}}
     base.update(kw)

@@ -27,16 +27,17 @@ def synthetic_frame(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np
 
 
 def write_split(data_dir: str | Path, *, patients: int, size: int, view: str = "4CH",
-                split: str = "train", seed: int = 0, bad_label: int | None = None
-                ) -> tuple[Path, Path]:
-    """Write {split}_{view}.h5 and anno_{split}_{view}.h5 with ED and ES of ``patients``."""
+                split: str = "train", seed: int = 0, bad_label: int | None = None,
+                first: int = 1) -> tuple[Path, Path]:
+    """Write {split}_{view}.h5 and anno_{split}_{view}.h5 with ED and ES of ``patients``
+    (numbered from ``first``)."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     img_path, ann_path = split_paths(data_dir, split, view)
     rng = np.random.default_rng(seed)
     with h5py.File(img_path, "w") as fi, h5py.File(ann_path, "w") as fa:
         for p in range(patients):
-            patient = f"patient{p + 1:04d}"
+            patient = f"patient{p + first:04d}"
             for instant in ("ED", "ES"):
                 image, mask = synthetic_frame(rng, size)
                 if bad_label is not None and p == patients - 1 and instant == "ES":

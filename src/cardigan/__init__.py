@@ -7,4 +7,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+from .generate import Generated, generate  # noqa: E402 (light: heavy imports are deferred)
+
+__all__ = ["Generated", "__version__", "generate"]

@@ -101,12 +101,37 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generator", default=layout.GENERATOR,
                    help=f"trained generator (default: {layout.GENERATOR})")
     p.add_argument("--out", default=layout.SAMPLES, help=f"samples file (default: {layout.SAMPLES})")
-    # Sampling from your own masks with only a generator file (cardigan.generate) plugs in here:
-    # its options (--masks DIR) and a branch at the top of _sample.
+    p.add_argument("--masks", default=None,
+                   help="sample from your own masks instead: a folder of mask files (PNG, NIfTI, "
+                        "MHA, NRRD) or an HDF5 file; needs only --generator (no training data)")
+    p.add_argument("--styles", type=int, default=None,
+                   help="with --masks: images per mask (default: sample.samples_per_mask)")
+    p.add_argument("--augment", type=int, default=None,
+                   help="with --masks: deformations per mask (default: sample.augment.n)")
 
 
 def _sample(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
     from .sample import run_sample
+
+    sample_cfg = dict(cfg["sample"])
+    if a.masks is None:
+        if a.styles is not None or a.augment is not None:
+            raise ValueError("--styles and --augment go with --masks; set sample.samples_per_mask "
+                             "or sample.augment.n with --set for the workflow's sampling")
+    else:
+        from .generate import write_from_masks
+
+        for name, value in (("--styles", a.styles), ("--augment", a.augment)):
+            if value is not None and value < (1 if name == "--styles" else 0):
+                raise ValueError(f"{name} must be at least {1 if name == '--styles' else 0}, "
+                                 f"got {value}")
+        if a.styles is not None:
+            sample_cfg["samples_per_mask"] = a.styles
+        if a.augment is not None:
+            sample_cfg["augment"] = {**sample_cfg["augment"], "n": a.augment}
+        summary = write_from_masks(a.generator, a.masks, a.out, sample_cfg, a.threads)
+        print(f"{summary['images']} images from {summary['sources']} masks written to {a.out}")
+        return
 
     views = cfg["data"]["views"]
     annos = layout.extracted(cfg["sample"]["mask_splits"], views, images=False, data_dir=a.data_dir)
@@ -134,10 +159,15 @@ def _export(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
                layout.extracted(["train"], views, images=False, data_dir=a.data_dir),
                cfg["export"], provenance, outputs)
     if "nnunet" in outputs:
-        from .nnunet import write_nnunet
+        from .nnunet import write_datalist, write_nnunet
 
         nn = cfg["export"]["nnunet"]
-        write_nnunet(outputs["h5"], outputs["nnunet"], nn["dataset_id"], nn["name"])
+        test = list(zip(layout.extracted(["test"], views, annos=False, data_dir=a.data_dir),
+                        layout.extracted(["test"], views, images=False, data_dir=a.data_dir))
+                    ) if nn["test_split"] else []
+        write_nnunet(outputs["h5"], outputs["nnunet"], nn["dataset_id"], nn["name"],
+                     n_folds=nn["folds"], test_pairs=test)
+        write_datalist(outputs["nnunet"], outputs["datalist"])
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:

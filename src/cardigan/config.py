@@ -232,6 +232,13 @@ def check_semantics(config: Mapping[str, Any]) -> None:
     scale = sample["augment"]["scale"]
     if scale and scale[0] > scale[1]:
         raise ConfigError(f"config key sample.augment.scale: {scale} must be [low, high]")
+    export = config["export"]
+    if (export["nnunet"]["test_split"] and "nnunet" in export["formats"]
+            and "test" in sample["mask_splits"]):
+        raise ConfigError(
+            "config key export.nnunet.test_split: the real test split cannot be held out when "
+            "sample.mask_splits draws synthetic images from its masks (remove test from it)"
+        )
     evaluate = config["evaluate"]
     inception = evaluate["inception_weights"]
     if inception and not Path(inception).is_file():

@@ -206,6 +206,32 @@ def _area_table(syn: np.ndarray, real: np.ndarray, bins: int = 8) -> list[str]:
     return lines
 
 
+CITATIONS = [
+    "S. Leclerc, E. Smistad, J. Pedrosa, A. Østvik, F. Cervenansky, F. Espinosa, T. Espeland, "
+    "E. A. R. Berg, P.-M. Jodoin, T. Grenier, C. Lartizien, J. D'hooge, L. Lovstakken and "
+    "O. Bernard, \"Deep Learning for Segmentation Using an Open Large-Scale Dataset in 2D "
+    "Echocardiography\", IEEE Transactions on Medical Imaging 38(9):2198–2210, 2019, "
+    "doi:10.1109/TMI.2019.2900516 (CAMUS).",
+    "T. Park, M.-Y. Liu, T.-C. Wang and J.-Y. Zhu, \"Semantic Image Synthesis with "
+    "Spatially-Adaptive Normalization\", IEEE/CVF Conference on Computer Vision and Pattern "
+    "Recognition (CVPR), 2019, doi:10.1109/CVPR.2019.00244 (SPADE).",
+]
+
+
+def _terms(source: str | None) -> list[str]:
+    """The card's terms-of-use and citation section."""
+    made_from = ("This dataset was made from **CAMUS** images and masks"
+                 if source == "camus" else
+                 f"This dataset was made from the built-in CAMUS-like phantom (data.source "
+                 f"{source}), not from CAMUS; a dataset made with data.source camus")
+    return ["## Terms of use and citation", "",
+            f"{made_from}: a dataset derived from CAMUS inherits the CAMUS terms of use. Check "
+            "with the CAMUS owners (CREATIS, Université de Lyon) what they allow before you "
+            "share, publish or use it commercially; cardiGAN's MIT licence covers the code only, "
+            "not data derived from CAMUS.", "",
+            "If you use it, cite CAMUS and SPADE:", "", *[f"- {c}" for c in CITATIONS], ""]
+
+
 def write_card(out_path: str | Path, stats: _Stats, real_areas: np.ndarray,
                sample_attrs: Mapping[str, Any], provenance: Mapping[str, Any],
                generator_path: str | Path, generator_sha256: str, formats: Sequence[str],
@@ -238,7 +264,12 @@ def write_card(out_path: str | Path, stats: _Stats, real_areas: np.ndarray,
         "- `preview.png`: a few samples with their masks.",
     ]
     if nnunet_dir:
-        lines.append(f"- `{nnunet_dir}`: the same samples as an nnU-Net v2 raw dataset.")
+        lines += [f"- `{nnunet_dir}`: the same samples as an nnU-Net v2 raw dataset, with "
+                  "`splits_final.json` (folds grouped by source patient: train nnU-Net with "
+                  "these, its own random split leaks a patient's variants into validation) and "
+                  "`cases.csv` (each case's row in synthetic.h5 and provenance).",
+                  "- `datalist.json`: a MONAI Decathlon-style datalist of the nnU-Net files, "
+                  "with each case's fold."]
     lines += ["", f"Formats: {', '.join(formats)}.", "",
               "## Counts", "", *table(c["kind"], "kind"), *table(c["mask"], "synthetic from"),
               *table(c["source"], "source"), *table(c["view"], "view"),
@@ -272,7 +303,8 @@ def write_card(out_path: str | Path, stats: _Stats, real_areas: np.ndarray,
               f"{sample_cfg['seed']}.",
               f"- cardiGAN {__version__}; config hash (sha256 of the data, phantom, train, sample "
               f"and export sections) `{config_hash(provenance)}`; the full config is in the "
-              "`config_yaml` attribute of synthetic.h5.", ""]
+              "`config_yaml` attribute of synthetic.h5.", "",
+              *_terms(provenance.get("data", {}).get("source"))]
     with atomic_output(out_path) as tmp:
         Path(tmp).write_text("\n".join(lines))
 

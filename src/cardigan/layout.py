@@ -68,7 +68,13 @@ def export_outputs(export_cfg: Mapping[str, Any], export_dir: str = EXPORT_DIR) 
     }
     if "nnunet" in export_cfg["formats"]:
         out["nnunet"] = nnunet_dir(export_cfg, export_dir)
+        out["datalist"] = datalist_file(export_dir)
     return out
+
+
+def datalist_file(export_dir: str = EXPORT_DIR) -> str:
+    """The MONAI Decathlon-style datalist written beside the nnU-Net dataset."""
+    return f"{export_dir}/datalist.json"
 
 
 def nnunet_dir(export_cfg: Mapping[str, Any], export_dir: str = EXPORT_DIR) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,7 @@ class _Item:
     variant: int
     augmentation: str
     seed: int
+    style: int = 0  # which of the samples_per_mask images of this mask variant
 
 
 def load_sources(anno_paths: Sequence[str | Path], mask_path: str | Path | None,
@@ -171,7 +172,7 @@ def _items(sources: Sequence[SourceMask], aug: AugmentConfig, ranges: AreaRanges
             variants.append((made[0], params_json(made[1])))
         for k, (mask, augmentation) in enumerate(variants):
             for s in range(samples_per_mask):
-                yield _Item(mask, src, k, augmentation, item_seed(seed, SEED_Z, i, k, s))
+                yield _Item(mask, src, k, augmentation, item_seed(seed, SEED_Z, i, k, s), s)
 
 
 @torch.inference_mode()
@@ -196,23 +197,88 @@ def generate(generator: SPADEGenerator, masks: np.ndarray, z: torch.Tensor | Non
     return out.to(torch.uint8).cpu().numpy()
 
 
-def run_sample(generator_path: str | Path, anno_paths: Sequence[str | Path],
-               real_train_anno_paths: Sequence[str | Path], sample_cfg: Mapping[str, Any],
-               out_path: str | Path, threads: int = 1) -> dict[str, Any]:
-    """Write ``samples.h5`` and return a summary (counts, rejection statistics, images/s).
+def plausibility_record(anno_paths: Sequence[str | Path]) -> dict[str, Any]:
+    """What the plausibility checks need from the real train masks, for the generator file's
+    ``extra`` (so sampling from user masks needs no training data): the label-area ranges and
+    the support (where hearts lie) as a uint8 tensor (``torch.load(weights_only=True)`` safe)."""
+    ranges = AreaRanges.from_masks(m.mask for m in load_extracted_masks(anno_paths))
+    return {"area_ranges": ranges.to_dict(),
+            "support": torch.from_numpy(ranges.support.astype(np.uint8))}
 
-    ``sample_cfg`` is the validated ``sample`` section (every key present).
-    """
+
+def ranges_from_extra(extra: Mapping[str, Any], path: str | Path) -> AreaRanges:
+    """The AreaRanges stored by :func:`plausibility_record` in a generator file's ``extra``."""
+    record = extra.get("plausibility")
+    if not record:
+        raise ValueError(f"{path} holds no plausibility ranges (it was trained before cardiGAN "
+                         "stored them): sample without deformations (augment 0), or retrain")
+    return AreaRanges({int(k): (float(v[0]), float(v[1]))
+                       for k, v in record["area_ranges"].items()},
+                      record["support"].numpy().astype(bool))
+
+
+def batched(generator: SPADEGenerator, items: Iterable[_Item], batch_size: int,
+            device: torch.device, *, samples_per_mask: int, style_source: str,
+            bank: StyleBank | None) -> Iterator[tuple[list[_Item], np.ndarray, list[str]]]:
+    """(items, images, style labels) batch by batch; each item's style comes from its own seed
+    (:func:`cardigan.styles.draw_styles`). ``items`` come in groups of ``samples_per_mask``
+    styles of one mask, and a batch holds whole groups: the generator computes the mask-only
+    part of its SPADE layers once per mask and reuses it for every style."""
+    group = max(1, samples_per_mask)
+    size = max(1, batch_size // group) * group
+
+    def make(batch: list[_Item]) -> tuple[list[_Item], np.ndarray, list[str]]:
+        z, noise, labels = draw_styles(generator.cfg, [it.seed for it in batch], style_source,
+                                       bank)
+        masks = np.stack([it.mask for it in batch[::group]])
+        return batch, generate(generator, masks, z, device, noise), labels
+
+    batch: list[_Item] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield make(batch)
+            batch = []
+    if batch:
+        yield make(batch)
+
+
+@dataclass
+class Loaded:
+    """A generator ready to sample: checked against the sampling settings, on its device."""
+
+    generator: SPADEGenerator
+    cfg: ModelConfig
+    extra: dict[str, Any]
+    device: torch.device
+    path: Path
+
+
+def open_generator(generator_path: str | Path, sample_cfg: Mapping[str, Any],
+                   threads: int | None = 1) -> Loaded:
+    """Load ``generator_path``, refuse settings it cannot honour, move it to sample.device.
+    ``threads``: torch's CPU threads for this process (None: leave them as they are)."""
+    device = resolve_device(str(sample_cfg["device"]))
+    if device.type == "cpu" and threads is not None:
+        torch.set_num_threads(max(1, int(threads)))
+    generator, cfg, extra = load_generator(generator_path)
+    check_generator(cfg, int(sample_cfg["samples_per_mask"]), generator_path)
+    generator.to(device)
+    if device.type == "cuda":
+        generator.to(memory_format=torch.channels_last)
+    return Loaded(generator, cfg, extra, device, Path(generator_path))
+
+
+def write_samples(loaded: Loaded, sources: Sequence[SourceMask], ranges: AreaRanges,
+                  sample_cfg: Mapping[str, Any], out_path: str | Path) -> dict[str, Any]:
+    """Sample every mask of ``sources`` (and its deformations, checked against ``ranges``) into
+    ``out_path`` (the samples.h5 layout); returns a summary (counts, rejections, images/s)."""
     spm = int(sample_cfg["samples_per_mask"])
     batch_size = int(sample_cfg["batch_size"])
     seed = int(sample_cfg["seed"])
     aug = AugmentConfig.from_dict(sample_cfg["augment"])
-    device = resolve_device(str(sample_cfg["device"]))
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, int(threads)))
-
-    generator, cfg, extra = load_generator(generator_path)
-    check_generator(cfg, spm, generator_path)
+    generator, cfg, extra, device = loaded.generator, loaded.cfg, loaded.extra, loaded.device
+    generator_path = loaded.path
     bank = StyleBank.from_extra(extra)
     style_source = str(sample_cfg["style_source"])
     used_source = effective_source(cfg, style_source, bank)
@@ -221,34 +287,22 @@ def run_sample(generator_path: str | Path, anno_paths: Sequence[str | Path],
                  f" (encodings of {len(bank.ids)} real training images)" if used_source == "real"
                  else " (N(0, I))" + ("" if bank is not None else
                                       ": the generator file carries no style bank"))
-    sources = load_sources(anno_paths, sample_cfg["mask_path"], cfg)
-    real = validate_masks(load_extracted_masks(real_train_anno_paths), cfg.label_nc,
-                          cfg.image_size, what="real train masks (area ranges)")
-    ranges = AreaRanges.from_masks(m.mask for m in real)
-    log.info("%d source masks; %d deformations each, %d samples per mask; label-area ranges from "
-             "%d real train masks: %s", len(sources), aug.n, spm, len(real), ranges.to_dict())
+    log.info("%d source masks; %d deformations each, %d samples per mask; label-area ranges %s",
+             len(sources), aug.n, spm, ranges.to_dict())
     log.info("generator %s: %s (extra: %s) on %s, batch %d", generator_path, cfg.to_dict(),
              {k: v for k, v in extra.items() if isinstance(v, (int, float, str, bool))}, device,
              batch_size)
-
-    generator.to(device)
-    if device.type == "cuda":
-        generator.to(memory_format=torch.channels_last)
     stats = DeformStats()
     t0 = time.perf_counter()
     expected = len(sources) * (1 + aug.n) * spm
     with atomic_output(out_path) as tmp:
         with h5py.File(tmp, "w", track_order=False) as f:
             writer = SampleWriter(f, cfg.image_size)
-            batch: list[_Item] = []
-            next_log = [0]
-
-            def flush() -> None:
-                masks = np.stack([it.mask for it in batch])
-                z, noise, styles = draw_styles(cfg, [it.seed for it in batch], style_source,
-                                               bank)
-                images = generate(generator, masks, z, device, noise)
-                writer.append(images, masks, {
+            next_log = 0
+            for batch, images, styles in batched(
+                    generator, _items(sources, aug, ranges, seed, spm, stats), batch_size, device,
+                    samples_per_mask=spm, style_source=style_source, bank=bank):
+                writer.append(images, np.stack([it.mask for it in batch]), {
                     "source": [it.source.source for it in batch],
                     "source_patient": [it.source.patient for it in batch],
                     "view": [it.source.view for it in batch],
@@ -260,18 +314,10 @@ def run_sample(generator_path: str | Path, anno_paths: Sequence[str | Path],
                     "spacing": [it.source.spacing for it in batch],
                     "is_synthetic": [True] * len(batch),
                 })
-                if writer.n >= next_log[0]:
+                if writer.n >= next_log:
                     log.info("%d / at most %d images (%.1f images/s)", writer.n, expected,
                              writer.n / (time.perf_counter() - t0))
-                    next_log[0] += max(batch_size, expected // 10)
-                batch.clear()
-
-            for item in _items(sources, aug, ranges, seed, spm, stats):
-                batch.append(item)
-                if len(batch) == batch_size:
-                    flush()
-            if batch:
-                flush()
+                    next_log += max(batch_size, expected // 10)
             if writer.n == 0:
                 raise RuntimeError("no samples were made")
             f.attrs["image_size"] = cfg.image_size
@@ -300,3 +346,17 @@ def run_sample(generator_path: str | Path, anno_paths: Sequence[str | Path],
         log.warning("%d fewer images than %d sources x (1 + %d) x %d because of skipped "
                     "deformations (counted above)", expected - n, len(sources), aug.n, spm)
     return summary
+
+
+def run_sample(generator_path: str | Path, anno_paths: Sequence[str | Path],
+               real_train_anno_paths: Sequence[str | Path], sample_cfg: Mapping[str, Any],
+               out_path: str | Path, threads: int = 1) -> dict[str, Any]:
+    """Write ``samples.h5`` and return a summary (counts, rejection statistics, images/s)."""
+    loaded = open_generator(generator_path, sample_cfg, threads)
+    cfg = loaded.cfg
+    sources = load_sources(anno_paths, sample_cfg["mask_path"], cfg)
+    real = validate_masks(load_extracted_masks(real_train_anno_paths), cfg.label_nc,
+                          cfg.image_size, what="real train masks (area ranges)")
+    ranges = AreaRanges.from_masks(m.mask for m in real)
+    log.info("label-area ranges from %d real train masks", len(real))
+    return write_samples(loaded, sources, ranges, sample_cfg, out_path)

@@ -105,6 +105,7 @@ from .train_state import (  # noqa: F401  (lr_factor ... one_hot_unchecked: re-e
     one_hot_unchecked,
     select_state,
 )
+from .sample import plausibility_record
 
 log = logging.getLogger("cardigan")
 
@@ -569,7 +570,9 @@ def _write_outputs(*, out_dir: Path, cfg: TrainConfig, image_size: int, model_cf
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = {"train": cfg.to_dict(), "image_size": image_size, "step": step,
              "epochs": cfg.epochs, "fingerprint": fp, "data_sha256": data_hash,
-             "ema": True}
+             "ema": True,
+             # sampling from user masks checks plausibility without the training data at hand
+             "plausibility": plausibility_record(annos_h5)}
     if style_bank is not None:
         extra[BANK_KEY] = style_bank.to_extra()
     save_generator(out_dir / OUTPUTS["generator"], ema, model_cfg, extra=extra)

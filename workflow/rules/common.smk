@@ -77,5 +77,13 @@ def export_outputs():
     return layout.export_outputs(config["export"])
 
 
+def export_test_split(**kind):
+    """The real test split's files, which the nnU-Net export writes as imagesTs/labelsTs."""
+    nn = config["export"]["nnunet"]
+    if "nnunet" in config["export"]["formats"] and nn["test_split"]:
+        return extracted(["test"], **kind)
+    return []
+
+
 def evaluate_outputs():
     return layout.evaluate_outputs()

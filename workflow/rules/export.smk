@@ -33,8 +33,11 @@ rule export:
 rule nnunet:
     input:
         h5=rules.export.output.h5,
+        test_images=export_test_split(anno=False),
+        test_annos=export_test_split(images=False),
     output:
-        directory(layout.nnunet_dir(config["export"])),
+        folder=directory(layout.nnunet_dir(config["export"])),
+        datalist=layout.datalist_file(),
     log:
         layout.stage_log("nnunet"),
     benchmark:
