@@ -37,6 +37,7 @@ keys, but the power iteration and sigma in fp32 under autocast): it survives ``d
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -249,7 +250,8 @@ class SpectralNormFP32(nn.Module):
         self._v.copy_(v)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(weight.device.type, enabled=False):
+        with (torch.autocast(weight.device.type, enabled=False)
+              if weight.device.type != "meta" else contextlib.nullcontext()):
             w32 = weight.float()
             mat = w32.flatten(1)
             if self.training:
@@ -301,7 +303,7 @@ def _fused_conv(parts: Sequence[nn.Conv2d]) -> nn.Conv2d:
     (the parts were initialised, in the order the separate layers used to be, before)."""
     first = parts[0]
     fused = skip_init(nn.Conv2d, first.in_channels, sum(p.out_channels for p in parts),
-                      first.kernel_size, first.stride, first.padding)
+                      first.kernel_size, first.stride, first.padding, device=first.weight.device)
     with torch.no_grad():
         fused.weight.copy_(torch.cat([p.weight for p in parts]))
         fused.bias.copy_(torch.cat([p.bias for p in parts]))
