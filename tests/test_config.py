@@ -32,7 +32,7 @@ def test_defaults_are_filled_into_a_sparse_config():
     cfg = validate({"data": {"image_size": 64}}, SCHEMA)
     assert cfg["data"]["views"] == ["4CH"]
     assert cfg["data"]["instants"] == ["ED", "ES"]
-    assert cfg["phantom"] == {"patients": 65, "seed": 0, "valid_patients": 5, "test_patients": 20}
+    assert cfg["phantom"] == {"patients": 50, "seed": 0, "valid_patients": None, "test_patients": None}
     assert cfg["train"]["lr_G"] == pytest.approx(1e-4)
     assert cfg["train"]["lr_D"] == pytest.approx(4e-4)
     assert cfg["sample"]["augment"]["max_tries"] == 20

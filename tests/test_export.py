@@ -16,7 +16,7 @@ from cardigan.config import config_hash, validate
 from cardigan.export import run_export
 from cardigan.masks import toy_heart_mask
 from cardigan.model import ModelConfig, build_models, save_generator
-from cardigan.nnunet import check_nnunet_dataset, write_nnunet
+from cardigan.nnunet import check_nnunet_dataset, write_datalist, write_nnunet
 from cardigan.sample import run_sample
 
 SIZE = 64
@@ -29,7 +29,7 @@ _CONFIG = validate({"data": {"views": ["4CH"], "image_size": SIZE}, "phantom": {
                                "augment": {"n": 1, "max_tries": 20, "elastic_alpha": 3.0,
                                            "elastic_sigma": 8.0}},
                     "export": {"formats": ["h5", "nnunet"], "include_real": True,
-                               "nnunet": {"dataset_id": 7, "name": "Toy"}}})
+                               "nnunet": {"dataset_id": 7, "name": "Toy", "folds": 3}}})
 PROVENANCE = {k: _CONFIG[k] for k in ("data", "phantom", "train", "sample", "export")}
 EXPORT = _CONFIG["export"]
 
@@ -67,7 +67,9 @@ def export(inputs, root, **kw):
     counts = run_export(inputs / "samples.h5", inputs / "g.pt", [inputs / "train_4CH.h5"],
                         [inputs / "anno_train_4CH.h5"], cfg, PROVENANCE, out)
     if "nnunet" in cfg["formats"]:  # the workflow's nnunet rule
-        write_nnunet(out["h5"], out["nnunet"], cfg["nnunet"]["dataset_id"], cfg["nnunet"]["name"])
+        write_nnunet(out["h5"], out["nnunet"], cfg["nnunet"]["dataset_id"], cfg["nnunet"]["name"],
+                     n_folds=cfg["nnunet"]["folds"])
+        write_datalist(out["nnunet"], out["datalist"])
     return counts
 
 

@@ -177,12 +177,15 @@ def test_same_seed_same_bytes_and_patient_independent_of_count(full, lean, tmp_p
 def test_cli_with_workers_matches(lean, tmp_path):
     out = tmp_path / "cli"
     out.mkdir()  # an empty folder (as Snakemake may leave) is filled, not refused
+    small = ["--set", "phantom.valid_patients=null", "--set", "phantom.test_patients=null"]
     assert cli_main(["phantom", str(out), "--set", "phantom.patients=3", "--set", "phantom.seed=0",
-                     "--threads", "2", "--no-sequences"]) == 0
+                     *small, "--threads", "2", "--no-sequences"]) == 0
     assert digests(out) == digests(lean)
     # Refuses to overwrite; bad patient counts are named errors.
-    assert cli_main(["phantom", str(out), "--set", "phantom.patients=3"]) == 1
-    assert cli_main(["phantom", str(tmp_path / "x"), "--set", "phantom.patients=2"]) == 1
+    assert cli_main(["phantom", str(out), "--set", "phantom.patients=3", *small]) == 1
+    assert cli_main(["phantom", str(tmp_path / "x"), "--set", "phantom.patients=2", *small]) == 1
+    # the default config's 5 + 20 held-out patients leave none for training: a config error
+    assert cli_main(["phantom", str(tmp_path / "z"), "--set", "phantom.patients=20"]) == 1
     with pytest.raises(ValueError, match="phantom.patients must be at least 3"):
         write_phantom(tmp_path / "y", patients=2)
     with pytest.raises(FileExistsError, match="not empty"):

@@ -187,11 +187,11 @@ def check_semantics(config: Mapping[str, Any]) -> None:
             raise ConfigError("config key data.camus_path: required when data.source is camus")
         if not Path(path).exists():
             raise ConfigError(f"config key data.camus_path: {path} does not exist")
-    phantom = config.get("phantom", {})
-    held_out = (phantom.get("valid_patients") or 1) + (phantom.get("test_patients") or 1)
-    if data["source"] == "phantom" and phantom.get("patients", 50) <= held_out:
+    phantom = config["phantom"]
+    held_out = (phantom["valid_patients"] or 1) + (phantom["test_patients"] or 1)
+    if data["source"] == "phantom" and phantom["patients"] <= held_out:
         raise ConfigError(
-            f"config key phantom.patients: {phantom.get('patients')} leaves no training patient "
+            f"config key phantom.patients: {phantom['patients']} leaves no training patient "
             f"after phantom.valid_patients and phantom.test_patients ({held_out} in all)")
     split = data["split"]
     if split not in ("official", "seed"):
@@ -222,7 +222,7 @@ def check_semantics(config: Mapping[str, Any]) -> None:
             "train.noise_dim > 0 or train.texture_noise); the mask-only generator makes the same "
             "image for every sample of a mask"
         )
-    if train.get("use_vae") and train.get("noise_dim", 0) > 0:
+    if train["use_vae"] and train["noise_dim"] > 0:
         raise ConfigError(
             "config keys train.use_vae and train.noise_dim: two different style inputs, choose "
             "one (noise_dim: 0 with the VAE)"
