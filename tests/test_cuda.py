@@ -21,7 +21,8 @@ from cardigan.train_state import Batches, Plan, TrainingState
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 TINY = dict(epochs=2, batch_size=4, ngf=4, ndf=4, spade_hidden=8, num_D=2, n_layers_D=2,
-            z_dim=8, log_every=1, checkpoint_every=2, sample_every=1, device="cuda")
+            z_dim=8, log_every=1, checkpoint_every=2, sample_every=1, device="cuda",
+            use_vae=False, texture_noise=False)
 
 
 def _cfg(**kw) -> TrainConfig:

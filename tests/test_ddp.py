@@ -16,7 +16,8 @@ from cardigan.model import build_models
 from cardigan.train import OUTPUTS, TrainConfig, ddp_command, run_training, train
 
 TINY = dict(epochs=2, batch_size=4, ngf=4, ndf=4, spade_hidden=8, num_D=2, n_layers_D=2,
-            log_every=1, checkpoint_every=2, sample_every=1, gpus=2, device="cpu")
+            log_every=1, checkpoint_every=2, sample_every=1, gpus=2, device="cpu",
+            use_vae=False, texture_noise=False)
 
 
 def _free_port() -> int:

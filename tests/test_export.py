@@ -25,6 +25,7 @@ N_PATIENTS = 3
 _CONFIG = validate({"data": {"views": ["4CH"], "image_size": SIZE}, "phantom": {"seed": 0},
                     "train": {"ngf": 4, "num_upsampling_layers": "normal"},
                     "sample": {"mask_splits": ["train"], "seed": 0, "device": "cpu",
+                               "samples_per_mask": 1,
                                "batch_size": 4,
                                "augment": {"n": 1, "max_tries": 20, "elastic_alpha": 3.0,
                                            "elastic_sigma": 8.0}},

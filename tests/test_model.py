@@ -23,7 +23,7 @@ from cardigan.model import (
     save_generator,
 )
 
-SMALL = dict(ngf=4, ndf=4, spade_hidden=8, n_layers_D=2, z_dim=8)
+SMALL = dict(ngf=4, ndf=4, spade_hidden=8, n_layers_D=2, z_dim=8, use_vae=False, texture_noise=False)
 
 
 def small_cfg(**kw) -> ModelConfig:

@@ -20,7 +20,8 @@ SIZE = 64
 def make_generator(path, **kw):
     torch.manual_seed(0)
     cfg = ModelConfig(**{"image_size": SIZE, "ngf": 4, "ndf": 4, "spade_hidden": 8,
-                         "n_layers_D": 2, "z_dim": 8, **kw})
+                         "n_layers_D": 2, "z_dim": 8, "use_vae": False, "texture_noise": False,
+                         **kw})
     save_generator(path, build_models(cfg)[0], cfg, {"iterations": 3})
     return path
 

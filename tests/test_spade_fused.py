@@ -28,7 +28,8 @@ from cardigan.model import (
     spectral_norm,
 )
 
-SMALL = dict(image_size=64, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2, z_dim=8)
+SMALL = dict(image_size=64, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2, z_dim=8, use_vae=False,
+             texture_noise=False)
 
 
 def _conv(cin, cout, k, bias=True, sn=False):
@@ -173,7 +174,7 @@ def test_old_generator_files_still_load(tmp_path):
 
 def test_cached_mask_features_give_the_same_images():
     torch.manual_seed(1)
-    G = SPADEGenerator(ModelConfig(**SMALL, use_vae=True)).eval()
+    G = SPADEGenerator(ModelConfig(**{**SMALL, "use_vae": True})).eval()
     seg, z = _seg(2), torch.randn(2, 8)
     with torch.no_grad():
         plain = G(seg, z)
@@ -195,7 +196,7 @@ def test_cached_mask_features_give_the_same_images():
 def test_cached_features_train_like_uncached():
     """Gradients flow through a cache built inside the same graph (training with k styles)."""
     torch.manual_seed(2)
-    G = SPADEGenerator(ModelConfig(**SMALL, use_vae=True))
+    G = SPADEGenerator(ModelConfig(**{**SMALL, "use_vae": True}))
     seg, z = _seg(2), torch.randn(4, 8)
     G(seg, z, cached=G.mask_features(seg)).sum().backward()
     assert G.up_3.shared.weight.grad is not None and G.up_3.shared.weight.grad.abs().sum() > 0
@@ -263,7 +264,7 @@ def test_spectral_norm_computes_in_fp32_from_bf16_vectors():
 
 
 def test_models_use_the_fp32_spectral_norm():
-    G, D, E = build_models(ModelConfig(**SMALL, use_vae=True))
+    G, D, E = build_models(ModelConfig(**{**SMALL, "use_vae": True}))
     kinds = {type(p) for m in (G, D, E) for mod in m.modules()
              if hasattr(mod, "parametrizations") for p in mod.parametrizations.weight}
     assert kinds == {SpectralNormFP32}

@@ -12,7 +12,8 @@ from cardigan.styles import BANK_KEY, StyleBank, draw_styles, effective_source, 
 from cardigan.train import TrainConfig, train
 
 SIZE = 64
-BASE = dict(image_size=SIZE, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2, z_dim=6)
+BASE = dict(image_size=SIZE, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2, z_dim=6, use_vae=False,
+            texture_noise=False)
 
 
 def gen(**kw) -> SPADEGenerator:
@@ -35,13 +36,13 @@ def masks(n: int) -> torch.Tensor:
 
 def test_config_refuses_two_style_inputs():
     with pytest.raises(ValueError, match="use_vae and noise_dim"):
-        ModelConfig(**BASE, use_vae=True, noise_dim=4)
+        ModelConfig(**{**BASE, "use_vae": True, "noise_dim": 4})
     with pytest.raises(ValueError, match="noise_dim"):
-        ModelConfig(**BASE, noise_dim=-1)
+        ModelConfig(**{**BASE, "noise_dim": -1})
     assert not is_multimodal(ModelConfig(**BASE))
-    assert is_multimodal(ModelConfig(**BASE, texture_noise=True))
-    assert ModelConfig(**BASE, noise_dim=5).style_dim == 5
-    assert ModelConfig(**BASE, use_vae=True).style_dim == 6
+    assert is_multimodal(ModelConfig(**{**BASE, "texture_noise": True}))
+    assert ModelConfig(**{**BASE, "noise_dim": 5}).style_dim == 5
+    assert ModelConfig(**{**BASE, "use_vae": True}).style_dim == 6
 
 
 @pytest.mark.parametrize("kw", [dict(texture_noise=True), dict(noise_dim=3),
@@ -85,7 +86,7 @@ def test_3d_noise_has_no_mask_only_cache():
 
 
 def test_draws_are_per_seed_and_labelled():
-    cfg = ModelConfig(**BASE, use_vae=True, texture_noise=True)
+    cfg = ModelConfig(**{**BASE, "use_vae": True, "texture_noise": True})
     z, noise, labels = draw_styles(cfg, [5, 6, 7], "prior", None)
     z2, noise2, _ = draw_styles(cfg, [7], "prior", None)
     assert torch.equal(z[2], z2[0]) and torch.equal(noise[2], noise2[0])  # batch-independent
@@ -99,7 +100,7 @@ def test_draws_are_per_seed_and_labelled():
         # logvar -20: the draw is the encoding itself
         torch.testing.assert_close(row, bank.mu[bank.ids.index(ident)], atol=1e-3, rtol=0)
     assert effective_source(cfg, "real", None) == "prior"
-    assert effective_source(ModelConfig(**BASE, noise_dim=2), "real", bank) == "prior"
+    assert effective_source(ModelConfig(**{**BASE, "noise_dim": 2}), "real", bank) == "prior"
     assert draw_styles(ModelConfig(**BASE), [1], "real", bank) == (None, None, ["none"])
     with pytest.raises(ValueError, match="sample.style_source"):
         effective_source(cfg, "random", bank)
@@ -107,7 +108,7 @@ def test_draws_are_per_seed_and_labelled():
 
 def test_bank_round_trip_and_encoding():
     torch.manual_seed(0)
-    cfg = ModelConfig(**BASE, use_vae=True)
+    cfg = ModelConfig(**{**BASE, "use_vae": True})
     _, _, encoder = build_models(cfg)
     images = np.random.default_rng(0).integers(0, 255, (5, SIZE, SIZE), dtype=np.uint8)
     ids = [f"p{i}" for i in range(5)]

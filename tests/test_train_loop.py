@@ -19,7 +19,8 @@ from cardigan.train_log import LossLogger
 from cardigan.train_state import Batches, Plan, TrainingState
 
 TINY = dict(epochs=2, batch_size=4, ngf=4, ndf=4, spade_hidden=8, num_D=2, n_layers_D=2,
-            z_dim=8, log_every=2, checkpoint_every=2, sample_every=1)
+            z_dim=8, log_every=2, checkpoint_every=2, sample_every=1,
+            use_vae=False, texture_noise=False)
 
 
 @pytest.fixture(scope="module")
