@@ -187,7 +187,7 @@ def test_cached_mask_features_give_the_same_images():
         torch.testing.assert_close(many, one_by_one, rtol=1e-5, atol=1e-6)
         assert torch.equal(G(seg, zk), many)  # without a cache: same broadcast
         assert not torch.equal(many[0], many[1])  # the styles differ
-    with pytest.raises(ValueError, match="cannot share the features of 2 masks"):
+    with pytest.raises(ValueError, match="multiple of the 2 masks"):
         G(seg, torch.randn(3, 8))
     with pytest.raises(ValueError, match="pass generator.mask_features"):
         G(seg, z, cached=cached[:3])
