@@ -23,11 +23,14 @@ from train_fixtures import synthetic_frame, write_split
 
 import cardigan
 from cardigan.augment import AreaRanges
+from cardigan.cli import main as cli_main
+from cardigan.config import validate
 from cardigan.dataset import ExtractedDataset, SyntheticDataset, grouped_split
 from cardigan.export import run_export
 from cardigan.generate import add_arguments, run
 from cardigan.masks import load_extracted_masks
 from cardigan.model import load_generator, save_generator
+from cardigan.nnunet import write_datalist, write_nnunet
 from cardigan.sample import run_sample
 from cardigan.train import TrainConfig, train
 
@@ -41,6 +44,11 @@ EXPORT = {"formats": ["h5", "nnunet"], "include_real": True,
 SAMPLE = {"samples_per_mask": 2, "batch_size": 8, "seed": 0, "device": "cpu", "mask_path": None,
           "style_source": "real",
           "augment": {"n": 1, "elastic_alpha": 3.0, "elastic_sigma": 8.0, "max_tries": 20}}
+
+
+# Validated (every key present), as the stages get it.
+PROVENANCE = validate({"data": {"image_size": SIZE}, "train": TINY, "sample": SAMPLE,
+                       "export": EXPORT})
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +71,12 @@ def built(tmp_path_factory):
                "datalist": out / "datalist.json"}
     out.mkdir()
     run_export(root / "samples.h5", generator, [train_files[0]], [train_files[1]], EXPORT,
-               {"data": {"source": "phantom"}}, outputs, test_images=[test_files[0]],
-               test_annos=[test_files[1]])
+               {k: PROVENANCE[k] for k in ("data", "phantom", "train", "sample", "export")},
+               outputs)
+    # what the workflow's nnunet rule does
+    write_nnunet(outputs["h5"], outputs["nnunet"], 7, "Toy", n_folds=FOLDS,
+                 test_pairs=[(test_files[0], test_files[1])])
+    write_datalist(outputs["nnunet"], outputs["datalist"])
     return root
 
 
@@ -266,6 +278,16 @@ def test_sample_from_png_masks_with_only_the_generator(built, tmp_path):
     assert len(ds) == n and ds[0]["source"] == "user" and ds[0]["source_patient"] == "heart0_4CH_ED"
     with h5py.File(tmp_path / "o.h5") as f:
         assert np.array_equal(f["images"][()], out.images)  # the function and the command agree
+        styles = [s.decode() for s in f["style"][()]]
+    # the VAE's styles come from the real training images' bank stored in generator.pt
+    assert styles == out.style_source and all(s.startswith("real:patient") for s in styles)
+    # the cardigan command: `cardigan sample --generator G --masks DIR --out OUT`
+    assert cli_main(["sample", "--generator", str(generator), "--masks", str(masks), "--out",
+                     str(tmp_path / "cli.h5"), "--styles", "2", "--augment", "1",
+                     "--set", "sample.seed=3", "--set", "sample.device=cpu"]) == 0
+    with h5py.File(tmp_path / "cli.h5") as f:
+        assert np.array_equal(f["images"][()], out.images)
+    assert cli_main(["sample", "--styles", "2"]) == 1  # --styles goes with --masks
 
 
 def test_generator_without_ranges(built, tmp_path):
