@@ -99,12 +99,26 @@ def _on_tiny_config(work: Path) -> None:
     (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
+def _user_masks(work: Path, folder: str) -> None:
+    """The README's ``my_masks/``: a folder of PNG label images, here two of the run's masks."""
+    import h5py
+    from PIL import Image
+
+    out = work / folder
+    out.mkdir(parents=True, exist_ok=True)
+    with h5py.File(work / "results/data/anno_train_4CH.h5") as f:
+        for key in sorted(f)[:2]:
+            Image.fromarray(f[key][()]).save(out / f"{key}.png")
+
+
 @pytest.mark.parametrize(("where", "command"), COMMANDS, ids=[w for w, _ in COMMANDS])
 def test_documented_command_runs(run, tmp_path, where, command):
     work = clone(run, tmp_path / "run")
     _on_tiny_config(work)
     phantom = str(work / "results/phantom/CAMUS_public")
     words = [CAMUS_PLACEHOLDER.sub(phantom, w) for w in shlex.split(command)]
+    if "--masks" in words:
+        _user_masks(work, words[words.index("--masks") + 1])
     if words[0] == "snakemake":
         cmd = [sys.executable, "-m", "snakemake", *words[1:]]
         if not any(w in NOT_DRY for w in words):

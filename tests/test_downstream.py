@@ -27,7 +27,7 @@ from cardigan.cli import main as cli_main
 from cardigan.config import validate
 from cardigan.dataset import ExtractedDataset, SyntheticDataset, grouped_split
 from cardigan.export import run_export
-from cardigan.generate import add_arguments, run
+from cardigan.generation import add_arguments, run
 from cardigan.masks import load_extracted_masks
 from cardigan.model import load_generator, save_generator
 from cardigan.nnunet import write_datalist, write_nnunet

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 EXPECTED = {
     "results/train/samples/epoch_0001.png", "results/train/samples/epoch_0002.png",
     "results/train/losses.png", "results/export/preview.png", "results/evaluate/dice.png",
-    "results/evaluate/metrics.csv", "results/evaluate/summary.md",
+    "results/evaluate/metrics.csv", "results/evaluate/summary.md", "results/evaluate/worst.png",
 }
 
 

@@ -1,5 +1,6 @@
 """cardiGAN: synthetic labelled echocardiograms from CAMUS with a SPADE GAN."""
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -7,6 +8,15 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-from .generate import Generated, generate  # noqa: E402 (light: heavy imports are deferred)
-
 __all__ = ["Generated", "__version__", "generate"]
+
+
+def __getattr__(name: str):
+    """``cardigan.generate`` and ``cardigan.Generated``, loaded on first use: every stage script
+    imports the package, and a stage must depend only on the code it runs (the workflow reruns
+    a stage when the source its script reaches changes, ``cardigan.code_fingerprint``)."""
+    if name in ("generate", "Generated"):
+        module = importlib.import_module(".generation", __name__)
+        globals().update(generate=module.generate, Generated=module.Generated)
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

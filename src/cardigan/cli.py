@@ -119,7 +119,10 @@ def _sample(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
             raise ValueError("--styles and --augment go with --masks; set sample.samples_per_mask "
                              "or sample.augment.n with --set for the workflow's sampling")
     else:
-        from .generate import write_from_masks
+        from .generation import write_from_masks
+
+        if not Path(a.masks).exists():
+            raise ValueError(f"--masks {a.masks} does not exist")
 
         for name, value in (("--styles", a.styles), ("--augment", a.augment)):
             if value is not None and value < (1 if name == "--styles" else 0):

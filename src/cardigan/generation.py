@@ -17,8 +17,7 @@ generator file at training time, and turned into images with the sample stage's 
 style codes (:mod:`cardigan.sample`). Unset settings take the ``sample`` section's defaults of
 the config schema (or of ``--config``). ``OUT.h5`` has the layout of ``samples.h5``.
 
-Note: ``cardigan.generate`` is this module's :func:`generate` function; import the module's
-other names with ``from cardigan.generate import add_arguments, run``.
+``cardigan.generate`` is this module's :func:`generate` (loaded on first use).
 """
 
 from __future__ import annotations
