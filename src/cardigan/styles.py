@@ -79,7 +79,8 @@ def encode_bank(encoder: nn.Module, images: np.ndarray, ids: Sequence[str],
     return StyleBank(torch.cat(mus), torch.cat(logvars), tuple(ids))
 
 
-def style_label(cfg: ModelConfig, source: str, bank: StyleBank | None, index: int | None) -> str:
+def style_label(cfg: ModelConfig, bank: StyleBank | None, index: int | None) -> str:
+    """The provenance of one sample's style: ``index`` into ``bank`` when drawn from it."""
     if cfg.use_vae:
         return f"real:{bank.ids[index]}" if index is not None else "prior"
     if cfg.noise_dim:
@@ -118,7 +119,7 @@ def draw_styles(cfg: ModelConfig, seeds: Sequence[int], source: str, bank: Style
                 zs.append(torch.randn(cfg.style_dim, generator=g))
         if cfg.texture_noise:
             noises.append(torch.randn(1, cfg.image_size, cfg.image_size, generator=g))
-        labels.append(style_label(cfg, source, bank, index))
+        labels.append(style_label(cfg, bank, index))
     z = torch.stack(zs) if zs else None
     noise = torch.stack(noises) if noises else None
     return z, noise, labels
