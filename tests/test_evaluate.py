@@ -16,7 +16,7 @@ from cardigan.labels import STRUCTURES
 SIZE = 32
 CFG = dict(enabled=True, settings=["real", "synthetic", "mixed"], iterations=3, batch_size=2,
            lr=0.001, seed=0, repeats=2, channels=[4, 8, 16], device="cpu",
-           inception_weights=None)
+           inception_weights=None, mixed_real_fraction=0.5)
 
 
 def _frame(rng, instant, shift):
@@ -145,6 +145,7 @@ def test_stage_writes_every_promised_row(inputs, tmp_path):
     assert "## Texture" in summary and "## Diversity" in summary
     assert "0.93" in summary and "0.886" in summary  # references beside ours
     assert "synthetic 6" in summary and "mixed 14" in summary
+    assert "a real image with probability 0.5" in summary
     assert not list((tmp_path / "out").glob(".*"))  # no temp files left
 
 
@@ -247,6 +248,20 @@ def test_augmentation_keeps_image_and_mask_aligned_and_is_seeded():
     # The same warp moved both: thresholded image and mask foreground agree almost everywhere.
     agree = ((xa > 0.5) == (ya > 0)).float().mean()
     assert agree > 0.98
+
+
+def test_mixed_batches_hold_the_configured_share_of_real_images():
+    from cardigan.evaluate.segmenter import _draw
+
+    gen = torch.Generator().manual_seed(0)
+    idx = np.array([_draw(100, 8, gen, (10, 0.5)) for _ in range(500)]).ravel()
+    assert idx.min() >= 0 and idx.max() < 100
+    assert abs((idx < 10).mean() - 0.5) < 0.03  # uniform draws would give 0.1
+    assert len(set(idx[idx < 10])) == 10 and len(set(idx[idx >= 10])) == 90
+    uniform = np.array([_draw(100, 8, gen, None) for _ in range(500)]).ravel()
+    assert abs((uniform < 10).mean() - 0.1) < 0.03
+    with pytest.raises(ValueError, match="both parts"):
+        _draw(10, 8, gen, (10, 0.5))
 
 
 # ------------------------------------------------------------------------------ texture, diversity

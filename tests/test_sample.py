@@ -10,6 +10,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from train_fixtures import field_images
+
+from cardigan.appearance import FIELD_LEVEL, Appearance
 from cardigan.masks import MaskError, load_user_masks, toy_heart_mask
 from cardigan.model import ModelConfig, build_models, save_generator
 from cardigan.sample import run_sample
@@ -39,7 +42,7 @@ def make_annos(path, n_patients=4, size=SIZE, seed=0):
 
 def cfg(**kw):
     base = {"samples_per_mask": 1, "batch_size": 3, "seed": 0, "device": "cpu", "mask_path": None,
-            "style_source": "real",
+            "style_source": "real", "grey_levels": "none", "speckle": "none",
             "augment": {"n": 2, "rotation_deg": 8.0, "scale": [0.92, 1.08], "translation": 0.04,
                         "elastic_alpha": 3.0, "elastic_sigma": 8.0, "max_tries": 20}}
     base.update(kw)
@@ -107,6 +110,39 @@ def test_vae_generator_makes_distinct_samples(tmp_path):
         assert np.array_equal(f["masks"][0], f["masks"][1])
         assert f["seed"][0] != f["seed"][1]
         assert not np.array_equal(f["images"][0], f["images"][1])
+
+
+def test_grey_levels_and_speckle_of_the_real_images(tmp_path):
+    """sample.grey_levels / sample.speckle: real take the records the generator file stores,
+    and are refused, naming the key, for a file without them."""
+    gen = tmp_path / "g.pt"
+    torch.manual_seed(0)
+    mcfg = ModelConfig(image_size=SIZE, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2,
+                       use_vae=False, texture_noise=False)
+    real = field_images(3, SIZE)
+    ids = ["patient0001_4CH_ED", "patient0001_4CH_ES", "patient0002_4CH_ED"]
+    save_generator(gen, build_models(mcfg)[0], mcfg, Appearance.measure(real, ids).to_extra())
+    annos = make_annos(tmp_path / "anno_train_4CH.h5", n_patients=2)
+    plain, both = tmp_path / "plain.h5", tmp_path / "both.h5"
+    run_sample(gen, [annos], [annos], cfg(augment={"n": 0}), plain)
+    run_sample(gen, [annos], [annos], cfg(augment={"n": 0}, grey_levels="real",
+                                          speckle="real"), both)
+    with h5py.File(plain) as p, h5py.File(both) as b:
+        assert [s.decode() for s in p["style"][()]] == ["none"] * 4
+        styles = [s.decode() for s in b["style"][()]]
+        assert all(s.startswith("none+grey:") and s.split(":")[1] in ids for s in styles)
+        assert b.attrs["grey_levels"] == "real" and b.attrs["speckle"] == "real"
+        assert np.array_equal(p["masks"][()], b["masks"][()])
+        assert not np.array_equal(p["images"][()], b["images"][()])
+        # each image now has the grey levels of the real image it names
+        for image, style in zip(b["images"][()], styles):
+            target = real[ids.index(style.split(":")[1])]
+            field = image > FIELD_LEVEL
+            assert abs(image[field].mean() - target[target > FIELD_LEVEL].mean()) < 8
+    with pytest.raises(ValueError, match="stores no grey levels.*sample.grey_levels: none"):
+        run_sample(make_generator(tmp_path / "old.pt"), [annos], [annos],
+                   cfg(grey_levels="real"), tmp_path / "x.h5")
+    assert not (tmp_path / "x.h5").exists()
 
 
 def test_mask_only_generator_refuses_several_samples_per_mask(setup, tmp_path):

@@ -5,10 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from train_fixtures import write_split
+from train_fixtures import field_images, write_split
 
 from cardigan.model import ModelConfig, SPADEGenerator, build_models, load_generator, one_hot
-from cardigan.styles import BANK_KEY, StyleBank, draw_styles, effective_source, encode_bank, is_multimodal
+from cardigan.appearance import Appearance, GreyLevels, Speckle
+from cardigan.styles import (
+    BANK_KEY,
+    StyleBank,
+    draw_styles,
+    effective_source,
+    encode_bank,
+    is_multimodal,
+)
 from cardigan.train import TrainConfig, train
 
 SIZE = 64
@@ -51,10 +59,9 @@ def test_each_style_input_changes_the_image(kw):
     g = gen(**kw)
     seg = masks(2)
     cfg = g.cfg
-    z1, n1, _ = draw_styles(cfg, [1, 2], "prior", None)
-    z2, n2, _ = draw_styles(cfg, [3, 4], "prior", None)
+    s1, s2 = draw_styles(cfg, [1, 2], "prior", None), draw_styles(cfg, [3, 4], "prior", None)
     with torch.no_grad():
-        a, b, again = g(seg, z1, n1), g(seg, z2, n2), g(seg, z1, n1)
+        a, b, again = g(seg, s1.z, s1.noise), g(seg, s2.z, s2.noise), g(seg, s1.z, s1.noise)
     assert a.shape == (2, 1, SIZE, SIZE)
     assert torch.equal(a, again)  # given styles: deterministic
     assert (a - b).abs().mean() > 1e-3
@@ -66,7 +73,8 @@ def test_k_styles_per_mask_share_the_mask_features(kw):
     mask by mask."""
     g = gen(**kw)
     seg = masks(2)
-    z, noise, _ = draw_styles(g.cfg, list(range(6)), "prior", None)  # 3 styles per mask
+    drawn = draw_styles(g.cfg, list(range(6)), "prior", None)  # 3 styles per mask
+    z, noise = drawn.z, drawn.noise
     with torch.no_grad():
         together = g(seg, z, noise)
         cached = g(seg, z, noise, cached=g.mask_features(seg))
@@ -87,23 +95,49 @@ def test_3d_noise_has_no_mask_only_cache():
 
 def test_draws_are_per_seed_and_labelled():
     cfg = ModelConfig(**{**BASE, "use_vae": True, "texture_noise": True})
-    z, noise, labels = draw_styles(cfg, [5, 6, 7], "prior", None)
-    z2, noise2, _ = draw_styles(cfg, [7], "prior", None)
-    assert torch.equal(z[2], z2[0]) and torch.equal(noise[2], noise2[0])  # batch-independent
-    assert labels == ["prior"] * 3 and noise.shape == (3, 1, SIZE, SIZE)
+    a = draw_styles(cfg, [5, 6, 7], "prior", None)
+    b = draw_styles(cfg, [7], "prior", None)
+    assert torch.equal(a.z[2], b.z[0]) and torch.equal(a.noise[2], b.noise[0])  # batch-independent
+    assert a.labels == ["prior"] * 3 and a.noise.shape == (3, 1, SIZE, SIZE)
+    assert a.grey_index == [None] * 3
     bank = StyleBank(mu=torch.arange(12.0).view(2, 6), logvar=torch.full((2, 6), -20.0),
                      ids=("patient0001_4CH_ED", "patient0001_4CH_ES"))
-    z, _, labels = draw_styles(cfg, [1, 2, 3, 4], "real", bank)
-    for row, label in zip(z, labels):
+    drawn = draw_styles(cfg, [1, 2, 3, 4], "real", bank)
+    for row, label in zip(drawn.z, drawn.labels):
         kind, ident = label.split(":")
         assert kind == "real" and ident in bank.ids
         # logvar -20: the draw is the encoding itself
         torch.testing.assert_close(row, bank.mu[bank.ids.index(ident)], atol=1e-3, rtol=0)
     assert effective_source(cfg, "real", None) == "prior"
     assert effective_source(ModelConfig(**{**BASE, "noise_dim": 2}), "real", bank) == "prior"
-    assert draw_styles(ModelConfig(**BASE), [1], "real", bank) == (None, None, ["none"])
+    none = draw_styles(ModelConfig(**BASE), [1], "real", bank)
+    assert (none.z, none.noise, none.labels) == (None, None, ["none"])
     with pytest.raises(ValueError, match="sample.style_source"):
         effective_source(cfg, "random", bank)
+
+
+def test_grey_levels_are_drawn_with_the_style():
+    ids = ("p1_4CH_ED", "p1_4CH_ES", "p2_4CH_ED")
+    grey = GreyLevels.from_images(field_images(3, SIZE), ids)
+    bank = StyleBank(mu=torch.zeros(3, 6), logvar=torch.zeros(3, 6), ids=ids)
+    vae = ModelConfig(**{**BASE, "use_vae": True, "texture_noise": True})
+    with_grey = draw_styles(vae, [1, 2, 3, 4], "real", bank, grey)
+    plain = draw_styles(vae, [1, 2, 3, 4], "real", bank)
+    assert torch.equal(with_grey.z, plain.z) and torch.equal(with_grey.noise, plain.noise)
+    assert with_grey.labels == plain.labels  # the style's image lends its grey levels
+    assert [ids[i] for i in with_grey.grey_index] == [s.split(":")[1] for s in plain.labels]
+    mask_only = draw_styles(ModelConfig(**BASE), list(range(20)), "real", bank, grey)
+    assert all(s.startswith("none+grey:") for s in mask_only.labels)
+    assert len(set(mask_only.grey_index)) > 1
+    assert draw_styles(ModelConfig(**BASE), [7], "real", bank, grey).labels[0] == \
+        mask_only.labels[7]  # per seed
+    images = field_images(4, SIZE)
+    assert not np.array_equal(with_grey.apply(images, Appearance(grey=grey)), images)
+    assert np.array_equal(plain.apply(images, Appearance()), images)
+    assert len(set(with_grey.speckle_seed)) == 4  # each sample its own speckle
+    other = GreyLevels(grey.cdf, ("x", "y", "z"))
+    with pytest.raises(ValueError, match="different training images"):
+        draw_styles(vae, [1], "real", bank, other)
 
 
 def test_bank_round_trip_and_encoding():
@@ -136,3 +170,6 @@ def test_vae_training_stores_the_real_style_bank(tmp_path):
     bank = StyleBank.from_extra(extra)
     assert bank is not None and bank.mu.shape == (8, 6)
     assert bank.ids[:2] == ("patient0001_4CH_ED", "patient0001_4CH_ES")
+    grey = GreyLevels.from_extra(extra)  # every training image's grey levels, in bank order
+    assert grey is not None and grey.ids == bank.ids and grey.cdf.shape == (8, 256)
+    assert Speckle.from_extra(extra) is not None

@@ -49,3 +49,16 @@ def write_split(data_dir: str | Path, *, patients: int, size: int, view: str = "
                     ds.attrs["original_size"] = (size, size)
                     ds.attrs["original_spacing"] = (0.3, 0.3)
     return img_path, ann_path
+
+
+def field_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """(n, size, size) uint8 images with an imaging field: black outside a disc, uniform random
+    grey levels in a random range inside (each image its own gain and contrast)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    inside = np.hypot(yy - size / 2, xx - size / 2) < 0.44 * size
+    out = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        lo, hi = sorted(rng.integers(10, 250, 2))
+        out[i][inside] = rng.integers(lo, hi + 1, inside.sum())
+    return out

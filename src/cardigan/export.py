@@ -278,7 +278,10 @@ def write_card(out_path: str | Path, stats: _Stats, real_areas: np.ndarray,
               "Where each image's style (gain, contrast, quality, dropout, sector, speckle) comes "
               "from: `real` = the encoding of a real training image (the `style` column names "
               "it), `prior` = a random code from N(0, I), `noise` = OASIS-style 3D noise, "
-              "`none` = a mask-only generator (one look per mask), `acquired` = a real image.",
+              "`none` = a mask-only generator (one look per mask), `acquired` = a real image; "
+              "`+grey:ID` = grey levels matched to those of real training image ID "
+              "(`sample.grey_levels: real`; a `real:ID` style takes the grey levels of the same "
+              "image).",
               "", *table(c["style"], "style source"),
               f"Distinct real training images whose style was used: {len(stats.style_ids)}.", "",
               "## Label areas: synthetic samples vs real train masks", "",

@@ -109,13 +109,17 @@ def generate(generator: str | Path, masks: Any, styles: int | None = None,
     ``masks``: a folder of mask files, an HDF5 file of masks, or an (N, H, W) / (H, W) integer
     array with labels 0..3. ``styles``: images per mask (and per deformation); more than one
     needs a generator with a style input (VAE, 3D noise or texture noise); VAE styles come from
-    the real style bank stored in the generator file (``sample.style_source``). ``augment``: plausible random deformations per mask.
+    the real style bank stored in the generator file (``sample.style_source``), and each image
+    takes the grey levels of a real training image and the real images' speckle
+    (``sample.grey_levels``, ``sample.speckle``). ``augment``:
+    plausible random deformations per mask.
     ``styles``, ``seed``, ``augment``, ``batch_size`` and ``device`` default to the config's
     ``sample`` section (``samples_per_mask``, ``seed``, ``augment.n``, ...). The same inputs give
     the same images on the CPU. ``threads``: torch's CPU threads (None: as they are).
     """
     from .augment import AugmentConfig, DeformStats
     from .sample import _items, batched, open_generator
+    from .appearance import Appearance
     from .styles import StyleBank
 
     cfg = _settings(config, augment=augment, styles=styles, seed=seed,
@@ -132,7 +136,8 @@ def generate(generator: str | Path, masks: Any, styles: int | None = None,
     for batch, imgs, styles_used in batched(
             loaded.generator, items, int(cfg["batch_size"]), loaded.device,
             samples_per_mask=int(cfg["samples_per_mask"]), style_source=str(cfg["style_source"]),
-            bank=bank):
+            bank=bank, appearance=Appearance.for_sampling(
+                str(cfg["grey_levels"]), str(cfg["speckle"]), loaded.extra, generator)):
         images.append(imgs)
         labels += styles_used
         out_masks.append(np.stack([it.mask for it in batch]))

@@ -46,6 +46,7 @@ from .masks import (
     validate_masks,
 )
 from .model import ModelConfig, SPADEGenerator, load_generator, one_hot
+from .appearance import Appearance
 from .styles import StyleBank, draw_styles, effective_source, is_multimodal
 
 log = logging.getLogger("cardigan")
@@ -219,19 +220,23 @@ def ranges_from_extra(extra: Mapping[str, Any], path: str | Path) -> AreaRanges:
 
 def batched(generator: SPADEGenerator, items: Iterable[_Item], batch_size: int,
             device: torch.device, *, samples_per_mask: int, style_source: str,
-            bank: StyleBank | None) -> Iterator[tuple[list[_Item], np.ndarray, list[str]]]:
-    """(items, images, style labels) batch by batch; each item's style comes from its own seed
-    (:func:`cardigan.styles.draw_styles`). ``items`` come in groups of ``samples_per_mask``
-    styles of one mask, and a batch holds whole groups: the generator computes the mask-only
+            bank: StyleBank | None, appearance: Appearance | None = None
+            ) -> Iterator[tuple[list[_Item], np.ndarray, list[str]]]:
+    """(items, images, style labels) batch by batch; each item's style (and the grey levels and
+    speckle of ``appearance``) comes from its own seed (:func:`cardigan.styles.draw_styles`).
+    ``items`` come
+    in groups of ``samples_per_mask`` styles of one mask, and a batch holds whole groups: the generator computes the mask-only
     part of its SPADE layers once per mask and reuses it for every style."""
     group = max(1, samples_per_mask)
     size = max(1, batch_size // group) * group
+    appearance = appearance or Appearance()
 
     def make(batch: list[_Item]) -> tuple[list[_Item], np.ndarray, list[str]]:
-        z, noise, labels = draw_styles(generator.cfg, [it.seed for it in batch], style_source,
-                                       bank)
+        styles = draw_styles(generator.cfg, [it.seed for it in batch], style_source, bank,
+                             appearance.grey)
         masks = np.stack([it.mask for it in batch[::group]])
-        return batch, generate(generator, masks, z, device, noise), labels
+        images = generate(generator, masks, styles.z, device, styles.noise)
+        return batch, styles.apply(images, appearance), styles.labels
 
     batch: list[_Item] = []
     for item in items:
@@ -282,6 +287,14 @@ def write_samples(loaded: Loaded, sources: Sequence[SourceMask], ranges: AreaRan
     bank = StyleBank.from_extra(extra)
     style_source = str(sample_cfg["style_source"])
     used_source = effective_source(cfg, style_source, bank)
+    appearance = Appearance.for_sampling(str(sample_cfg["grey_levels"]),
+                                         str(sample_cfg["speckle"]), extra, generator_path)
+    if appearance.grey is not None:
+        log.info("grey levels: matched to those of the real training image lending each style "
+                 "(%d stored in the generator file)", len(appearance.grey.ids))
+    if appearance.speckle is not None:
+        log.info("speckle: brought up to the real images' fine-texture strength %.1f, grain %s",
+                 appearance.speckle.strength, appearance.speckle.sigma)
     if cfg.use_vae:
         log.info("style codes: %s%s", used_source,
                  f" (encodings of {len(bank.ids)} real training images)" if used_source == "real"
@@ -301,7 +314,8 @@ def write_samples(loaded: Loaded, sources: Sequence[SourceMask], ranges: AreaRan
             next_log = 0
             for batch, images, styles in batched(
                     generator, _items(sources, aug, ranges, seed, spm, stats), batch_size, device,
-                    samples_per_mask=spm, style_source=style_source, bank=bank):
+                    samples_per_mask=spm, style_source=style_source, bank=bank,
+                    appearance=appearance):
                 writer.append(images, np.stack([it.mask for it in batch]), {
                     "source": [it.source.source for it in batch],
                     "source_patient": [it.source.patient for it in batch],
@@ -329,6 +343,8 @@ def write_samples(loaded: Loaded, sources: Sequence[SourceMask], ranges: AreaRan
                 sort_keys=True)
             f.attrs["sample_config"] = json.dumps(dict(sample_cfg), sort_keys=True, default=str)
             f.attrs["style_source"] = used_source
+            f.attrs["grey_levels"] = "real" if appearance.grey is not None else "none"
+            f.attrs["speckle"] = "real" if appearance.speckle is not None else "none"
             f.attrs["augment_stats"] = json.dumps(stats.to_dict(), sort_keys=True)
             f.attrs["area_ranges"] = json.dumps(ranges.to_dict(), sort_keys=True)
             f.attrs["n_sources"] = len(sources)

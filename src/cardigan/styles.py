@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .appearance import Appearance, GreyLevels
 from .model import ModelConfig
 
 #: Values of ``sample.style_source``.
@@ -79,13 +80,18 @@ def encode_bank(encoder: nn.Module, images: np.ndarray, ids: Sequence[str],
     return StyleBank(torch.cat(mus), torch.cat(logvars), tuple(ids))
 
 
-def style_label(cfg: ModelConfig, bank: StyleBank | None, index: int | None) -> str:
-    """The provenance of one sample's style: ``index`` into ``bank`` when drawn from it."""
+def style_label(cfg: ModelConfig, bank: StyleBank | None, index: int | None,
+                grey: GreyLevels | None = None, grey_index: int | None = None) -> str:
+    """The provenance of one sample's style: ``index`` into ``bank`` when drawn from it, and
+    ``grey_index`` into ``grey`` when its grey levels were matched to a training image (for a
+    bank style, the same image: its label says so once)."""
     if cfg.use_vae:
-        return f"real:{bank.ids[index]}" if index is not None else "prior"
-    if cfg.noise_dim:
-        return "noise"
-    return "none"
+        label = f"real:{bank.ids[index]}" if index is not None else "prior"
+    else:
+        label = "noise" if cfg.noise_dim else "none"
+    if grey_index is not None and index is None:
+        label += f"+grey:{grey.ids[grey_index]}"
+    return label
 
 
 def effective_source(cfg: ModelConfig, source: str, bank: StyleBank | None) -> str:
@@ -98,15 +104,38 @@ def effective_source(cfg: ModelConfig, source: str, bank: StyleBank | None) -> s
     return "prior"
 
 
-def draw_styles(cfg: ModelConfig, seeds: Sequence[int], source: str, bank: StyleBank | None
-                ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
-    """``(z, noise, labels)`` for a batch of samples, each drawn from its own seed.
+@dataclass(frozen=True)
+class Styles:
+    """The style inputs of a batch of samples and where they came from."""
 
-    ``z`` is (B, style_dim) or None (mask-only); ``noise`` is (B, 1, H, W) or None (no texture
-    noise); ``labels`` the per-sample style provenance.
+    z: torch.Tensor | None  # (B, style_dim); None for a mask-only generator
+    noise: torch.Tensor | None  # (B, 1, H, W); None without texture noise
+    labels: list[str]  # per-sample provenance (:func:`style_label`)
+    grey_index: list[int | None]  # per sample, the training image whose grey levels it takes
+    speckle_seed: list[int]  # per sample, the seed of its added speckle
+
+    def apply(self, images: np.ndarray, appearance: Appearance) -> np.ndarray:
+        """(B, H, W) uint8 generated images with their grey levels and speckle
+        (:class:`cardigan.appearance.Appearance`)."""
+        if appearance.grey is None and appearance.speckle is None:
+            return images
+        return np.stack([appearance.apply(im, i, s)
+                         for im, i, s in zip(images, self.grey_index, self.speckle_seed)])
+
+
+def draw_styles(cfg: ModelConfig, seeds: Sequence[int], source: str, bank: StyleBank | None,
+                grey: GreyLevels | None = None) -> Styles:
+    """The styles of a batch of samples, each drawn from its own seed.
+
+    With ``grey`` (``sample.grey_levels: real``) each sample also takes the grey levels of a
+    real training image: the one whose style code it drew from the bank, otherwise one drawn at
+    random; then the seed of its speckle (after the other draws, so they do not change).
     """
     source = effective_source(cfg, source, bank)
-    zs, noises, labels = [], [], []
+    if grey is not None and source == "real" and tuple(grey.ids) != tuple(bank.ids):
+        raise ValueError("the generator file's grey levels and style bank list different "
+                         "training images")
+    zs, noises, labels, greys, speckles = [], [], [], [], []
     for seed in seeds:
         g = torch.Generator().manual_seed(int(seed))
         index = None
@@ -119,10 +148,15 @@ def draw_styles(cfg: ModelConfig, seeds: Sequence[int], source: str, bank: Style
                 zs.append(torch.randn(cfg.style_dim, generator=g))
         if cfg.texture_noise:
             noises.append(torch.randn(1, cfg.image_size, cfg.image_size, generator=g))
-        labels.append(style_label(cfg, bank, index))
-    z = torch.stack(zs) if zs else None
-    noise = torch.stack(noises) if noises else None
-    return z, noise, labels
+        grey_index = None
+        if grey is not None:
+            grey_index = (index if index is not None
+                          else int(torch.randint(len(grey.ids), (1,), generator=g)))
+        labels.append(style_label(cfg, bank, index, grey, grey_index))
+        greys.append(grey_index)
+        speckles.append(int(torch.randint(2**31 - 1, (1,), generator=g)))
+    return Styles(torch.stack(zs) if zs else None, torch.stack(noises) if noises else None,
+                  labels, greys, speckles)
 
 
 def is_multimodal(cfg: ModelConfig) -> bool:

@@ -91,6 +91,7 @@ from .device import bf16_autocast_enabled
 from .device import resolve_device as _resolve_device
 from .losses import VGGPerceptualLoss, discriminator_losses, generator_losses
 from .model import ModelConfig, save_generator
+from .appearance import Appearance
 from .styles import BANK_KEY, StyleBank, encode_bank
 from .plots import plot_losses
 from .train_log import TENSORBOARD_DIR, LiveView, LossLogger, SampleGrid, csv_text
@@ -483,14 +484,16 @@ def _train(*, images_h5, annos_h5, out_dir: Path, state_dir: Path, cfg: TrainCon
         live.close()
         if not grid.path(cfg.epochs).exists():
             grid.save(state.ema, cfg.epochs, state.step)  # e.g. a state finished long ago
-        bank = None
-        if state.E is not None:  # real acquisitions' styles: sampling needs no training data
-            bank = encode_bank(state.E, images, training_frame_ids(images_h5, annos_h5), device)
+        # real acquisitions' styles, grey levels and speckle: sampling needs no training data
+        frame_ids = training_frame_ids(images_h5, annos_h5)
+        bank = None if state.E is None else encode_bank(state.E, images, frame_ids, device)
+        appearance = Appearance.measure(images, frame_ids)
         _write_outputs(out_dir=out_dir, cfg=cfg, image_size=image_size, model_cfg=model_cfg,
                        ema=state.ema, fp=fp, data_hash=data_hash, n=plan.frames,
                        images_h5=images_h5, annos_h5=annos_h5, columns=columns,
                        log_rows=losses.rows, throughput_rows=losses.throughput_rows,
                        samples_dir=grid.dir, step=state.step, style_bank=bank,
+                       appearance=appearance,
                        resolved={
                            "device": device.type, "world_size": world,
                            "batch_per_process": plan.local_batch, "amp_bf16": amp,
@@ -565,7 +568,8 @@ def _write_outputs(*, out_dir: Path, cfg: TrainConfig, image_size: int, model_cf
                    ema: nn.Module, fp: str, data_hash: str, n: int, images_h5, annos_h5,
                    columns: list[str], log_rows: list[dict], throughput_rows: list[dict],
                    samples_dir: Path, step: int, resolved: dict[str, Any],
-                   style_bank: StyleBank | None = None) -> None:
+                   style_bank: StyleBank | None = None,
+                   appearance: Appearance | None = None) -> None:
     """generator.pt, config.json, train_log.csv, losses.png, samples/ and throughput.csv."""
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = {"train": cfg.to_dict(), "image_size": image_size, "step": step,
@@ -575,6 +579,8 @@ def _write_outputs(*, out_dir: Path, cfg: TrainConfig, image_size: int, model_cf
              "plausibility": plausibility_record(annos_h5)}
     if style_bank is not None:
         extra[BANK_KEY] = style_bank.to_extra()
+    if appearance is not None:
+        extra.update(appearance.to_extra())
     save_generator(out_dir / OUTPUTS["generator"], ema, model_cfg, extra=extra)
     effective = {
         "train": cfg.to_dict(), "image_size": image_size, "model_config": model_cfg.to_dict(),

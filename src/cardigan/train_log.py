@@ -150,9 +150,9 @@ class SampleGrid:
         self.styles: list[tuple[torch.Tensor | None, torch.Tensor | None]] = [(None, None)]
         if is_multimodal(model_cfg):  # each style from its own seeded generator: RNG untouched
             seeds = np.arange(GRID_STYLES * len(self.idx)).reshape(GRID_STYLES, -1) + seed
-            self.styles = [tuple(None if t is None else t.to(device) for t in
-                                 draw_styles(model_cfg, row.tolist(), "prior", None)[:2])
-                           for row in seeds]
+            drawn = [draw_styles(model_cfg, row.tolist(), "prior", None) for row in seeds]
+            self.styles = [tuple(None if t is None else t.to(device) for t in (s.z, s.noise))
+                           for s in drawn]
         self.label_nc, self.image_size, self.dir = label_nc, model_cfg.image_size, samples_dir
 
     def path(self, epoch: int) -> Path:

@@ -138,6 +138,16 @@ def _cell(df: pd.DataFrame, digits: int = 3, **where) -> str:
     return _fmt(r["mean"], r["std"], digits) if r is not None else "n/a"
 
 
+def _mixing_sentence(cfg: dict, settings: list[str]) -> str:
+    if "mixed" not in settings:
+        return ""
+    fraction = cfg["mixed_real_fraction"]
+    if fraction is None:
+        return "Mixed batches are drawn uniformly from real and synthetic images together. "
+    return (f"Each mixed batch element is a real image with probability {fraction:g} and a "
+            "synthetic one otherwise (evaluate.mixed_real_fraction). ")
+
+
 def _usefulness_lines(df: pd.DataFrame, settings: list[str], structures: list[str]) -> list[str]:
     use = df[df.metric == "usefulness_dice"]
     if use.empty:
@@ -199,8 +209,9 @@ def summary_text(df: pd.DataFrame, info: dict) -> str:
         "",
         "Training images per setting: "
         + ", ".join(f"{s} {info['n_train'][s]}" for s in settings)
-        + f" (synthetic: {info['samples_per_mask']:.2g} images per mask on average). Real test "
-        f"split: {info['n_test']} frames ({', '.join(info['instants'])}).",
+        + f" (synthetic: {info['samples_per_mask']:.2g} images per mask on average). "
+        + _mixing_sentence(cfg, settings)
+        + f"Real test split: {info['n_test']} frames ({', '.join(info['instants'])}).",
         "",
         "## Usefulness: synthetic and mixed vs real", "",
         *_usefulness_lines(df, settings, structures),

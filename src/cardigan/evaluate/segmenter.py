@@ -133,11 +133,14 @@ def train_segmenter(
     channels: list[int],
     device: torch.device,
     name: str = "",
+    first_fraction: tuple[int, float] | None = None,
 ) -> TrainedSegmenter:
     """Train a U-Net for ``iterations`` Adam steps on batches drawn uniformly with replacement.
 
-    ``images`` (N, H, W) uint8 and ``masks`` (N, H, W) labels 0..3. Deterministic on the CPU for
-    a fixed seed and thread count.
+    ``images`` (N, H, W) uint8 and ``masks`` (N, H, W) labels 0..3. ``first_fraction`` =
+    ``(n, f)``: each batch element comes from the first ``n`` images with probability ``f`` and
+    from the others otherwise (the mixed setting's share of real images), instead of uniformly.
+    Deterministic on the CPU for a fixed seed and thread count.
     """
     if len(images) == 0:
         raise ValueError(f"setting {name!r}: no training images")
@@ -154,7 +157,7 @@ def train_segmenter(
     model.train()
     report_every = max(1, iterations // 10)
     for it in range(iterations):
-        idx = torch.randint(len(x_all), (batch_size,), generator=draw).tolist()
+        idx = _draw(len(x_all), batch_size, draw, first_fraction)
         x, y = aug(x_all[idx], y_all[idx])
         x, y = x.to(device), y.to(device)
         opt.zero_grad(set_to_none=True)
@@ -167,6 +170,20 @@ def train_segmenter(
                      iterations, float(np.mean(losses[-report_every:])), min(report_every, len(losses)))
     model.eval()
     return TrainedSegmenter(model, device, losses)
+
+
+def _draw(n: int, batch_size: int, gen: torch.Generator,
+          first_fraction: tuple[int, float] | None) -> list[int]:
+    if first_fraction is None:
+        return torch.randint(n, (batch_size,), generator=gen).tolist()
+    n_first, fraction = first_fraction
+    if not 0 < n_first < n:
+        raise ValueError(f"first_fraction: {n_first} first images of {n}: both parts must be "
+                         "non-empty")
+    first = torch.rand(batch_size, generator=gen) < fraction
+    a = torch.randint(n_first, (batch_size,), generator=gen)
+    b = n_first + torch.randint(n - n_first, (batch_size,), generator=gen)
+    return torch.where(first, a, b).tolist()
 
 
 @torch.no_grad()

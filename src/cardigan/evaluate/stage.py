@@ -195,6 +195,9 @@ def run_evaluate(
             raise ValueError(f"{name} images are {s.images.shape[1:]} but real train images are "
                              f"{train.images.shape[1:]}: export and extract disagree on data.image_size")
     training_sets = {"real": train, "synthetic": synth, "mixed": ImageSet.concat(train, synth)}
+    # mixed: real images first, drawn with this probability (null: uniform over the union)
+    fraction = cfg["mixed_real_fraction"]
+    mixing = None if fraction is None else (len(train), float(fraction))
     instants = [i for i in INSTANTS if i in set(test.instant)]
     log.info("real train %d, real test %d, synthetic %d frames", len(train), len(test), len(synth))
 
@@ -213,7 +216,8 @@ def run_evaluate(
             seg = segmenter.train_segmenter(
                 data.images, data.masks, iterations=cfg["iterations"],
                 batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed, channels=cfg["channels"],
-                device=device, name=f"{setting} seed {seed}")
+                device=device, name=f"{setting} seed {seed}",
+                first_fraction=mixing if setting == "mixed" else None)
             pred = segmenter.predict(seg, test.images)
             per_seed[setting].append(metrics.dice_hd95(pred, test.masks, test.spacing))
             tail = seg.losses[-max(1, len(seg.losses) // 10):]
