@@ -133,6 +133,19 @@ def test_preview_and_card(exported):
     assert "**left atrium** (label 3)" in card and "nnunet/Dataset007_Toy" in card
 
 
+def test_preview_shows_each_mask_with_its_styles():
+    from cardigan.export import preview_rows
+
+    pairs = [(m, 0) for m in range(10) for _ in range(2)]  # 10 masks, 2 styles each
+    rows = preview_rows(pairs, 8)
+    assert len(rows) == 8 and rows[::2] == [r - 1 for r in rows[1::2]]
+    assert all(pairs[a] == pairs[b] for a, b in zip(rows[::2], rows[1::2]))
+    assert len({pairs[r] for r in rows}) == 4 and rows[0] == 0 and rows[-1] == 19
+    single = preview_rows(list(range(30)), 8)  # one style per mask: 8 evenly spaced
+    assert len(single) == 8 and single[0] == 0 and single[-1] == 29
+    assert preview_rows([], 8) == [] and preview_rows([7, 7, 7], 8) == [0, 1, 2]
+
+
 def test_nnunet_dataset(exported):
     folder = exported / "nnunet" / "Dataset007_Toy"
     ds = json.loads((folder / "dataset.json").read_text())

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,21 +155,43 @@ def write_synthetic_h5(samples_path: str | Path, out_path: str | Path, generator
     return stats, attrs
 
 
+def preview_rows(keys: Sequence[Hashable], n: int, max_styles: int = 4) -> list[int]:
+    """Rows for the preview: ``keys`` names each row's mask (the styles of one mask are
+    consecutive rows with equal keys); about ``n`` rows from evenly spaced masks, each mask with
+    all its styles (at most ``max_styles``)."""
+    total = len(keys)
+    if total == 0:
+        return []
+    starts = [i for i in range(total) if i == 0 or keys[i] != keys[i - 1]]
+    ends = starts[1:] + [total]
+    per_mask = max(1, min(max_styles, max(e - s for s, e in zip(starts, ends))))
+    picks = np.linspace(0, len(starts) - 1, max(1, min(len(starts), n // per_mask)))
+    rows: list[int] = []
+    for g in sorted(set(picks.round().astype(int).tolist())):
+        rows += list(range(starts[g], min(ends[g], starts[g] + per_mask)))
+    return rows
+
+
 def write_preview(h5_path: str | Path, out_path: str | Path, n: int = 8) -> None:
-    """A grid of ``n`` evenly spaced samples: image on top, mask overlay below."""
+    """A grid of ``n`` samples, image on top and mask overlay below: evenly spaced masks, each
+    with all its styles side by side (up to four), so one mask's different looks are seen."""
     with h5py.File(h5_path, "r") as f:
         total = f["images"].shape[0]
-        rows = sorted(set(np.linspace(0, total - 1, min(n, total)).round().astype(int).tolist()))
+        keys = list(zip(*(_decode(f[k][()]) for k in ("source_patient", "view", "instant")),
+                        f["variant"][()].tolist()))
+        styles = _decode(f["style"][()]) if "style" in f else [""] * total
+        rows = preview_rows(keys, n)
         images = [f["images"][i] for i in rows]
         masks = [f["masks"][i] for i in rows]
         titles = []
         for i in rows:
             kind = ("real image" if not f["is_synthetic"][i]
                     else "deformed mask" if f["variant"][i] > 0 else "real mask")
-            titles.append(f"{_decode([f['source_patient'][i]])[0]}\n"
-                          f"{_decode([f['view'][i]])[0]} {_decode([f['instant'][i]])[0]}, {kind}")
+            look = styles[i].partition(":")[2].partition("+")[0] or styles[i]
+            titles.append(f"{keys[i][0]} {keys[i][1]} {keys[i][2]}\n{kind}"
+                          + (f"\nstyle: {look}" if look else ""))
     cols = len(rows)
-    fig, axes = plt.subplots(2, cols, figsize=(1.9 * cols, 4.2), squeeze=False)
+    fig, axes = plt.subplots(2, cols, figsize=(1.9 * cols, 4.4), squeeze=False)
     for j in range(cols):
         axes[0, j].imshow(images[j], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         axes[0, j].set_title(titles[j], fontsize=6)
