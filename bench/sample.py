@@ -7,7 +7,8 @@ The generator is built from config.yaml's ``train`` section at ``data.image_size
 default) with RANDOM weights: speed does not depend on the weights. Conditioning masks are 100
 toy apical masks (``cardigan.masks.toy_heart_mask``); the image count is reached with
 ``sample.augment.n`` deformations per mask (count / 100 - 1), so the run includes augmentation,
-plausibility checks, inference and HDF5 writing, i.e. the whole sample stage. Each run is a
+plausibility checks, inference, the real grey levels and speckle (recorded from toy "training
+images") and HDF5 writing, i.e. the whole sample stage. Each run is a
 separate process, so its peak RSS (ru_maxrss) is its own; peak memory must not grow with the
 number of images (within 20 %).
 """
@@ -32,6 +33,7 @@ def worker(count: int, device: str, threads: int, batch_size: int) -> dict:
     import torch
     import yaml
 
+    from cardigan.appearance import Appearance
     from cardigan.masks import toy_heart_mask
     from cardigan.model import ModelConfig, build_models, save_generator
     from cardigan.sample import run_sample
@@ -42,13 +44,18 @@ def worker(count: int, device: str, threads: int, batch_size: int) -> dict:
     cfg = ModelConfig.from_train_config(config["train"], size)
     with tempfile.TemporaryDirectory(prefix="cardigan_bench_") as d:
         d = Path(d)
-        save_generator(d / "g.pt", build_models(cfg)[0], cfg)
         rng = np.random.default_rng(0)
+        masks = [toy_heart_mask(size, rng) for _ in range(N_SOURCES)]
         with h5py.File(d / "anno_train_4CH.h5", "w") as f:
-            for i in range(N_SOURCES):
-                ds = f.create_dataset(f"patient{i // 2 + 1:04d}_4CH_gt_channel{i % 2}",
-                                      data=toy_heart_mask(size, rng))
+            for i, mask in enumerate(masks):
+                ds = f.create_dataset(f"patient{i // 2 + 1:04d}_4CH_gt_channel{i % 2}", data=mask)
                 ds.attrs["spacing"] = [0.15 * 843 / size, 0.3 * 512 / size]
+        # "training images" for the grey-level and speckle records that sampling imposes
+        images = np.clip(np.array([30, 60, 170, 60])[np.stack(masks)] + 25
+                         + rng.normal(0, 20, (N_SOURCES, size, size)), 0, 255).astype(np.uint8)
+        ids = [f"patient{i // 2 + 1:04d}_4CH_{('ED', 'ES')[i % 2]}" for i in range(N_SOURCES)]
+        save_generator(d / "g.pt", build_models(cfg)[0], cfg,
+                       Appearance.measure(images, ids).to_extra())
         sample = dict(config["sample"], device=device, batch_size=batch_size, samples_per_mask=1,
                       mask_path=None)
         sample["augment"] = dict(config["sample"]["augment"], n=max(0, count // N_SOURCES - 1))

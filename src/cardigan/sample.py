@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .appearance import Appearance
 from .atomic import atomic_output
 from .augment import (
     AreaRanges,
@@ -46,7 +47,6 @@ from .masks import (
     validate_masks,
 )
 from .model import ModelConfig, SPADEGenerator, load_generator, one_hot
-from .appearance import Appearance
 from .styles import StyleBank, draw_styles, effective_source, is_multimodal
 
 log = logging.getLogger("cardigan")

@@ -16,7 +16,8 @@ With ``texture_noise`` every image also gets its own per-pixel noise map (its sp
 
 Every draw comes from a ``torch.Generator`` seeded with the sample's own seed, so a sample does
 not depend on the batch it is in. :func:`style_label` is the provenance string written per
-sample (``real:patient0003_4CH_ED``, ``prior``, ``noise`` or ``none``).
+sample (``real:patient0003_4CH_ED``, ``prior``, ``noise`` or ``none``, with ``+grey:ID`` where
+the sample took the grey levels of training image ``ID``: :mod:`cardigan.appearance`).
 """
 
 from __future__ import annotations
