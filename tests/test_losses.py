@@ -140,6 +140,9 @@ def test_generator_and_discriminator_losses(vgg_file):
 
     _, terms, _ = generator_losses(G, D, seg, real, lambda_feat=0.0)
     assert set(terms) == {"g_gan"}
+    _, terms, fake = generator_losses(G, D, seg, real, lambda_feat=0.0, lambda_l1=4.0)
+    assert set(terms) == {"g_gan", "g_l1"}
+    torch.testing.assert_close(terms["g_l1"], (fake - real).abs().mean() * 4.0)
 
     d_total, d_terms = discriminator_losses(D, seg, fake, real)
     assert set(d_terms) == {"d_fake", "d_real"}

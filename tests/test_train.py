@@ -213,7 +213,9 @@ def test_fingerprint_covers_model_settings_and_data(data, tmp_path):
     changed_pixel = images.copy()
     changed_pixel[0, 0, 0] ^= 1
     assert train_mod.data_sha256(changed_pixel, masks) != h
-    for change in ({"ngf": 8}, {"seed": 1}, {"batch_size": 2}, {"ema_decay": 0.99}):
+    assert "lambda_l1" not in base["train"]  # off: states trained before it existed still match
+    for change in ({"ngf": 8}, {"seed": 1}, {"batch_size": 2}, {"ema_decay": 0.99},
+                   {"lambda_l1": 5.0}):
         other = TrainConfig.from_dict({**TINY, **change})
         assert train_mod.fingerprinted_settings(other, 64, h) != base, change
     for same in ({"epochs": 9}, {"log_every": 7}, {"device": "cpu"}, {"lambda_kld": 1.0}):

@@ -180,11 +180,15 @@ def generator_losses(
     lambda_feat: float = 10.0,
     lambda_kld: float = 0.05,
     lambda_vgg: float = 10.0,
+    lambda_l1: float = 0.0,
 ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
     """The generator half of an iteration: ``(total, weighted terms, fake)``.
 
     Terms: ``g_gan`` (hinge), ``g_feat`` (feature matching x lambda_feat, when > 0), ``g_kld``
-    (with an encoder, x lambda_kld), ``g_vgg`` (with a perceptual loss, x lambda_vgg).
+    (with an encoder, x lambda_kld), ``g_vgg`` (with a perceptual loss, x lambda_vgg), ``g_l1``
+    (mean absolute difference between fake and real, x lambda_l1, when > 0: pix2pix's
+    reconstruction term, a pixel-level stand-in for the perceptual loss when no VGG weights are
+    at hand).
     """
     terms: dict[str, Tensor] = {}
     z = None
@@ -199,6 +203,8 @@ def generator_losses(
         terms["g_feat"] = feature_matching_loss(real_preds, fake_preds) * lambda_feat
     if vgg is not None:
         terms["g_vgg"] = vgg(fake, real) * lambda_vgg
+    if lambda_l1 > 0:
+        terms["g_l1"] = (fake.float() - real.float()).abs().mean() * lambda_l1
     return sum(terms.values()), terms, fake
 
 

@@ -151,6 +151,7 @@ class TrainConfig:
     lambda_feat: float = default("train", "lambda_feat")
     lambda_kld: float = default("train", "lambda_kld")
     lambda_vgg: float = default("train", "lambda_vgg")
+    lambda_l1: float = default("train", "lambda_l1")
     perceptual_weights: str | None = default("train", "perceptual_weights")
     ema_decay: float = default("train", "ema_decay")
     amp: bool = default("train", "amp")
@@ -256,6 +257,8 @@ def fingerprinted_settings(cfg: TrainConfig, image_size: int, data_hash: str) ->
         settings.pop("lambda_kld")  # unused: changing it must not throw a state away
     if not cfg.perceptual_weights:
         settings.pop("lambda_vgg")
+    if not cfg.lambda_l1:
+        settings.pop("lambda_l1")  # off: the fingerprint of states trained before it existed
     # The model code too: weights trained by other network code are never resumed.
     return {"model": cfg.model_config(image_size).to_dict(), "train": settings, "data": data_hash,
             "trainer": TRAINER_VERSION, "model_code": code_fingerprint("cardigan.model")}
@@ -277,7 +280,7 @@ def train_step(
     with autocast():
         g_total, g_terms, fake = generator_losses(
             G, D_frozen, seg, real, encoder=E, vgg=vgg, lambda_feat=cfg.lambda_feat,
-            lambda_kld=cfg.lambda_kld, lambda_vgg=cfg.lambda_vgg,
+            lambda_kld=cfg.lambda_kld, lambda_vgg=cfg.lambda_vgg, lambda_l1=cfg.lambda_l1,
         )
     g_total.backward()
     opt_G.step()
@@ -301,6 +304,8 @@ def loss_columns(cfg: TrainConfig) -> list[str]:
         cols.append("g_kld")
     if cfg.perceptual_weights:
         cols.append("g_vgg")
+    if cfg.lambda_l1 > 0:
+        cols.append("g_l1")
     return cols + ["g_total", "d_real", "d_fake", "d_total"]
 
 
