@@ -97,12 +97,12 @@ def test_outputs_and_cpu_determinism(data, baseline, tmp_path, caplog):
     assert len(lines) == 6 and lines[0].startswith("epoch 1/2 it 1/6 | g_gan ")
 
     rows = read_csv(a_root / "train_log.csv")
-    assert list(rows[0]) == ["step", "epoch", "g_gan", "g_feat", "g_total", "d_real", "d_fake",
-                             "d_total", "lr_G", "lr_D"]
+    assert list(rows[0]) == ["step", "epoch", "g_gan", "g_feat", "g_l1", "g_total", "d_real",
+                             "d_fake", "d_total", "lr_G", "lr_D"]
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
     assert [int(r["epoch"]) for r in rows] == [1, 1, 1, 2, 2, 2]
     for r in rows:
-        g_terms = float(r["g_gan"]) + float(r["g_feat"])
+        g_terms = float(r["g_gan"]) + float(r["g_feat"]) + float(r["g_l1"])
         assert float(r["g_total"]) == pytest.approx(g_terms, rel=1e-4, abs=1e-5)
         assert float(r["d_total"]) == pytest.approx(float(r["d_real"]) + float(r["d_fake"]),
                                                     rel=1e-4, abs=1e-5)
@@ -213,7 +213,10 @@ def test_fingerprint_covers_model_settings_and_data(data, tmp_path):
     changed_pixel = images.copy()
     changed_pixel[0, 0, 0] ^= 1
     assert train_mod.data_sha256(changed_pixel, masks) != h
-    assert "lambda_l1" not in base["train"]  # off: states trained before it existed still match
+    assert base["train"]["lambda_l1"] == 10.0
+    off = TrainConfig.from_dict({**TINY, "lambda_l1": 0.0})
+    # off: a state trained before lambda_l1 existed keeps its fingerprint
+    assert "lambda_l1" not in train_mod.fingerprinted_settings(off, 64, h)["train"]
     for change in ({"ngf": 8}, {"seed": 1}, {"batch_size": 2}, {"ema_decay": 0.99},
                    {"lambda_l1": 5.0}):
         other = TrainConfig.from_dict({**TINY, **change})
