@@ -107,3 +107,6 @@ def test_sampling_settings_need_the_records_and_name_the_key():
         Appearance.for_sampling("real", "none", {}, "g.pt")
     with pytest.raises(ValueError, match="config key sample.speckle: 'auto'"):
         Appearance.for_sampling("none", "auto", extra, "g.pt")
+    broken = {**extra, SPECKLE_KEY: {"strength": 1.0}}  # a record without its grain
+    with pytest.raises(ValueError, match="g.pt: its speckle record is damaged.*sample.speckle"):
+        Appearance.for_sampling("none", "real", broken, "g.pt")

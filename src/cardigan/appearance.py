@@ -227,7 +227,11 @@ class Appearance:
                 raise ValueError(f"config key {key}: {setting!r} is not one of {list(SOURCES)}")
             found[key] = None
             if setting == "real":
-                found[key] = reader.from_extra(extra)
+                try:
+                    found[key] = reader.from_extra(extra)
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    raise ValueError(f"{path}: its {record} record is damaged ({exc!r}): "
+                                     f"retrain, or set {key}: none") from exc
                 if found[key] is None:
                     raise ValueError(
                         f"{path} stores no {record} of its training images (it was trained "
