@@ -80,13 +80,26 @@ def inputs(tmp_path):
     return data, synth
 
 
-def _run(inputs, out, cfg=CFG, source="phantom"):
+def _run(inputs, out, cfg=CFG, source="phantom", threads=1):
     data, synth = inputs
     out.mkdir(exist_ok=True)
     paths = dict(metrics_csv=out / "metrics.csv", dice_png=out / "dice.png",
                  summary_md=out / "summary.md", worst_png=out / "worst.png")
-    df = run_evaluate(synth, data, ["4CH"], cfg, source, threads=1, **paths)
+    df = run_evaluate(synth, data, ["4CH"], cfg, source, threads=threads, **paths)
     return df, paths
+
+
+def test_segmenter_runs_in_worker_processes_give_the_same_results(inputs, tmp_path, caplog):
+    """threads=2 trains the U-Nets in two one-thread processes: the same numbers as one after
+    another in this process, and the workers' progress lines reach this process's log."""
+    one, _ = _run(inputs, tmp_path / "one", threads=1)
+    with caplog.at_level("INFO", logger="cardigan"):
+        two, _ = _run(inputs, tmp_path / "two", threads=2)
+    pd.testing.assert_frame_equal(one, two)
+    seeds = {r.getMessage().split(":")[0] for r in caplog.records
+             if r.getMessage().startswith("segmenter ")}
+    assert seeds == {f"segmenter {s} seed {k}" for s in ("real", "synthetic", "mixed")
+                     for k in (0, 1)}
 
 
 def test_stage_writes_every_promised_row(inputs, tmp_path):

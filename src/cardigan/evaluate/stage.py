@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from ..labels import INSTANTS
-from . import features, metrics, report, segmenter, texture
+from . import features, metrics, report, runs, segmenter, texture
 from .data import ImageSet, load_real, load_synthetic
 
 log = logging.getLogger("cardigan")
@@ -180,7 +180,9 @@ def run_evaluate(
     """Run the whole evaluation and write metrics.csv, dice.png, worst.png and summary.md.
 
     ``cfg`` is the validated ``evaluate`` config section. Nothing is written unless every step
-    succeeds (outputs are written to temp files and renamed at the end).
+    succeeds (outputs are written to temp files and renamed at the end). ``threads``: CPU
+    threads; the segmenter runs use them as that many one-thread processes (:mod:`.runs`), so
+    the caller's entry point must be guarded by ``if __name__ == "__main__":``.
     """
     torch.set_num_threads(max(1, int(threads)))
     settings = [s for s in SETTINGS if s in cfg["settings"]]
@@ -203,32 +205,29 @@ def run_evaluate(
 
     repeats = cfg["repeats"]
     seeds = [cfg["seed"] + r for r in range(repeats)]
+    jobs = [runs.Job(setting, seed, keep_model=seed == seeds[0])
+            for setting in settings for seed in seeds]
+    start = time.perf_counter()
+    results = runs.train_and_test(jobs, training_sets, test, cfg, mixing, device,
+                                  workers=threads)
+    log.info("%d segmenters trained and tested in %.1f s (%s)", len(jobs),
+             time.perf_counter() - start,
+             ", ".join(f"{r.job.setting} seed {r.job.seed} {r.seconds:.1f} s" for r in results))
     rows: list[dict] = []
     per_seed: dict[str, list[dict]] = {}
     first: dict[str, segmenter.TrainedSegmenter] = {}
     first_pred: dict[str, np.ndarray] = {}
     for setting in settings:
-        start = time.perf_counter()
-        data = training_sets[setting]
-        losses = []
-        per_seed[setting] = []
-        for seed in seeds:
-            seg = segmenter.train_segmenter(
-                data.images, data.masks, iterations=cfg["iterations"],
-                batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed, channels=cfg["channels"],
-                device=device, name=f"{setting} seed {seed}",
-                first_fraction=mixing if setting == "mixed" else None)
-            pred = segmenter.predict(seg, test.images)
-            per_seed[setting].append(metrics.dice_hd95(pred, test.masks, test.spacing))
-            tail = seg.losses[-max(1, len(seg.losses) // 10):]
-            losses.append(float(np.mean(tail)))
-            if setting not in first:
-                first[setting], first_pred[setting] = seg, pred
+        done = [r for r in results if r.job.setting == setting]
+        per_seed[setting] = [r.scores for r in done]
+        losses = [r.final_loss for r in done]
+        model = segmenter.build_unet(cfg["channels"]).to(device)
+        model.load_state_dict(done[0].state)
+        first[setting] = segmenter.TrainedSegmenter(model.eval(), device)
+        first_pred[setting] = done[0].pred
         rows.append(dict(setting=setting, instant="all", structure="all", metric="train_loss_final",
                          mean=float(np.mean(losses)), std=float(np.std(losses)), n=len(losses)))
         rows += segmentation_rows(setting, per_seed[setting], test, instants)
-        log.info("setting %s: %d segmenters trained and tested in %.1f s", setting, repeats,
-                 time.perf_counter() - start)
     rows += usefulness_rows(per_seed)
 
     field = texture.imaging_field(train.images)
