@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from cardigan.masks import BENCH_MASKS, bench_masks
+
 
 def import_old(src: Path, dest: Path):
     pkg = dest / "cardigan_old"
@@ -49,8 +51,7 @@ class Version:
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=1e-4, betas=(0.0, 0.9))
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=4e-4, betas=(0.0, 0.9))
         gen = torch.Generator().manual_seed(0)
-        coarse = torch.randint(0, 4, (args.batch, 1, 8, 8), generator=gen).float()
-        mask = torch.nn.functional.interpolate(coarse, size=args.size).long()[:, 0]
+        mask = torch.from_numpy(bench_masks(args.masks, args.batch, args.size)).long()
         self.seg = model.one_hot(mask, 4).to(device)
         self.real = (torch.rand(args.batch, 1, args.size, args.size, generator=gen) * 2 - 1).to(
             device)
@@ -91,6 +92,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--amp", action="store_true", help="bf16 autocast (default: fp32)")
+    p.add_argument("--masks", choices=BENCH_MASKS, default="heart",
+                   help="conditioning masks (cardigan.masks.bench_masks)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
@@ -110,7 +113,7 @@ def main() -> None:
                     times[name].append(time.perf_counter() - t0)
     print(f"mode={args.mode} size={args.size} ngf=ndf={args.ngf} spade_hidden={args.spade_hidden}"
           f" n_layers_D={args.n_layers_D} batch={args.batch} threads={args.threads} "
-          f"amp={args.amp} iters={args.iters} torch={torch.__version__}")
+          f"amp={args.amp} masks={args.masks} iters={args.iters} torch={torch.__version__}")
     for name, t in times.items():
         print(f"{name}: median {statistics.median(t):.3f} s  fastest {min(t):.3f} s  "
               f"all {' '.join(f'{x:.2f}' for x in t)}")

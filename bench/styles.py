@@ -20,6 +20,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from cardigan.masks import BENCH_MASKS, bench_masks
 from cardigan.model import ConvEncoder, ModelConfig, SPADEGenerator, one_hot
 
 
@@ -36,6 +37,8 @@ def main() -> None:
     p.add_argument("--ngf", type=int, default=64)
     p.add_argument("--spade-hidden", type=int, default=128)
     p.add_argument("--k", type=int, default=4)
+    p.add_argument("--masks", choices=BENCH_MASKS, default="heart",
+                   help="conditioning mask (cardigan.masks.bench_masks; default heart)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2, help="timed runs (0: FLOPs only)")
     p.add_argument("--meta", action="store_true",
@@ -51,8 +54,7 @@ def main() -> None:
                       spade_hidden=args.spade_hidden)
     G, E = SPADEGenerator(cfg).eval(), ConvEncoder(cfg).eval()
     gen = torch.Generator().manual_seed(0)
-    coarse = torch.randint(0, 4, (1, 1, 8, 8), generator=gen).float()
-    mask = torch.nn.functional.interpolate(coarse, size=args.size).long()[:, 0]
+    mask = torch.from_numpy(bench_masks(args.masks, 1, args.size)).long()
     if args.meta:  # one_hot checks the values, which meta tensors do not have
         seg = torch.zeros(1, 4, args.size, args.size).scatter_(1, mask[:, None], 1.0)
     else:

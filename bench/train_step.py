@@ -32,10 +32,10 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
 
 from cardigan.config import validate
 from cardigan.device import cpu_has_native_bf16
+from cardigan.masks import BENCH_MASKS, bench_masks
 from cardigan.model import ModelConfig, one_hot
 from cardigan.train import TrainConfig, _autocast, loss_columns, train_step
 from cardigan.train_log import LossLogger
@@ -93,7 +93,8 @@ def train_config(args: argparse.Namespace, settings: PathSettings) -> TrainConfi
 class Iteration:
     """The training loop's iteration on a fixed batch: ``step()`` runs one."""
 
-    def __init__(self, cfg: TrainConfig, image_size: int, device: torch.device):
+    def __init__(self, cfg: TrainConfig, image_size: int, device: torch.device,
+                 masks: str = "heart"):
         mem = torch.channels_last if cfg.channels_last else torch.contiguous_format
         plan = Plan(frames=cfg.batch_size, batch_size=cfg.batch_size, epochs=10**6)
         losses = LossLogger(loss_columns(cfg), log_every=10**9, device=device, world=1,
@@ -103,7 +104,7 @@ class Iteration:
         self.G, self.D, self.E, self.D_frozen = self.state.modules_to_run(
             world=1, device=device, compile_=cfg.compile)
         self.autocast = functools.partial(_autocast, device.type, cfg.amp)
-        seg, real = synthetic_batch(cfg.model_config(image_size), cfg.batch_size, device)
+        seg, real = synthetic_batch(cfg.model_config(image_size), cfg.batch_size, device, masks)
         self.seg = seg.contiguous(memory_format=mem)
         self.real = real.contiguous(memory_format=mem)
 
@@ -116,11 +117,11 @@ class Iteration:
         return terms
 
 
-def synthetic_batch(cfg: ModelConfig, batch: int, device: torch.device, seed: int = 0):
-    """Random masks (blocky, so SPADE sees regions) and images in [-1, 1]."""
+def synthetic_batch(cfg: ModelConfig, batch: int, device: torch.device, masks: str = "heart",
+                    seed: int = 0):
+    """Masks of ``cardigan.masks.bench_masks`` and random images in [-1, 1]."""
     gen = torch.Generator().manual_seed(seed)
-    coarse = torch.randint(0, cfg.label_nc, (batch, 1, 8, 8), generator=gen)
-    mask = nn.functional.interpolate(coarse.float(), size=cfg.image_size, mode="nearest").long()
+    mask = torch.from_numpy(bench_masks(masks, batch, cfg.image_size, seed)).long()
     real = torch.rand(batch, 1, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1
     return one_hot(mask, cfg.label_nc).to(device), real.to(device)
 
@@ -131,7 +132,7 @@ def run_path(args: argparse.Namespace, settings: PathSettings) -> dict:
     if device.type == "cuda" and not settings.amp:  # the plain path: true fp32
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     cfg = train_config(args, settings)
-    it = Iteration(cfg, args.size, device)
+    it = Iteration(cfg, args.size, device, args.masks)
 
     def sync():
         if device.type == "cuda":
@@ -201,6 +202,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=10, help="timed iterations")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     p.add_argument("--label-nc", type=int, default=4)
+    p.add_argument("--masks", choices=BENCH_MASKS, default="heart",
+                   help="conditioning masks (cardigan.masks.bench_masks; default heart)")
     p.add_argument("--spade-hidden", type=int, default=128)
     p.add_argument("--num-D", type=int, default=2)
     p.add_argument("--n-layers-D", type=int, default=4)

@@ -9,6 +9,7 @@ the same outputs and gradients.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
 import cardigan.model as model_mod
+from cardigan.masks import bench_masks
 from cardigan.model import (
     LRELU_SLOPE,
     ModelConfig,
@@ -268,3 +270,81 @@ def test_models_use_the_fp32_spectral_norm():
     kinds = {type(p) for m in (G, D, E) for mod in m.modules()
              if hasattr(mod, "parametrizations") for p in mod.parametrizations.weight}
     assert kinds == {SpectralNormFP32}
+
+
+# --------------------------------------------------------------------------------------------
+# SPADE inside one-label regions (the CPU path): the same function as the dense convs
+# --------------------------------------------------------------------------------------------
+def test_mask_sites_are_the_pixels_whose_window_is_not_one_label(monkeypatch):
+    monkeypatch.setattr(model_mod, "SPARSE_MAX_SHARE", 1.0)  # a small mask is mostly edges
+    mask = torch.zeros(1, 20, 24, dtype=torch.long)
+    mask[0, 6:14, 5:15] = 1
+    mask[0, 9:11, 9:11] = 3
+    sites = model_mod.mask_sites(one_hot(mask, 4))
+    assert sites is not None and sites.shape == (1, 20, 24)
+    got = {(int(p) // 24, int(p) % 24) for p in sites.pixel}
+    padded = F.pad(mask[0], (2, 2, 2, 2), value=-1)  # outside the image counts as an edge
+    want = {(y, x) for y in range(20) for x in range(24)
+            if padded[y:y + 5, x:x + 5].unique().numel() > 1}
+    assert got == want
+    assert sites.image.eq(0).all()
+    # each site's taps are its 3x3 window in the 1-padded map, row by row
+    y, x = divmod(int(sites.pixel[0]), 24)
+    assert sites.taps[:9].tolist() == [(y + dy) * 26 + x + dx for dy in range(3) for dx in range(3)]
+
+
+def test_mask_sites_leave_small_and_mostly_edge_masks_to_the_dense_convs(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    assert model_mod.mask_sites(one_hot(torch.zeros(2, 8, 8, dtype=torch.long), 4)) is None
+    speckled = torch.randint(0, 4, (2, 32, 32), generator=gen)  # every pixel near an edge
+    assert model_mod.mask_sites(one_hot(speckled, 4)) is None
+    heart = one_hot(torch.from_numpy(bench_masks("heart", 2, 128)).long(), 4)
+    assert model_mod.mask_sites(heart) is not None
+    monkeypatch.setattr(model_mod, "SPARSE_SPADE", False)
+    assert model_mod.mask_sites(heart) is None
+
+
+@pytest.mark.parametrize("kw", [dict(use_vae=True, texture_noise=True),
+                                dict(use_vae=False, norm_G="batch")])
+def test_sparse_spade_is_the_dense_function(kw, monkeypatch):
+    """Outputs and every gradient agree to double-precision rounding, including a mask with a
+    soft (not one-hot) patch, whose pixels must take the convolution. Every side from 16 px
+    takes the sparse path here (at the default share only the largest would)."""
+    monkeypatch.setattr(model_mod, "SPARSE_MAX_SHARE", 1.0)
+    cfg = ModelConfig(**{**SMALL, **kw})
+    torch.manual_seed(0)
+    gen = SPADEGenerator(cfg).double().eval()
+    with torch.no_grad():
+        for p in gen.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    seg = one_hot(torch.from_numpy(bench_masks("heart", 3, 64)).long(), 4).double()
+    seg[1, :, 30:36, 20:26] = 0.25
+    z = torch.randn(3, 8, dtype=torch.double) if cfg.use_vae else None
+    noise = torch.randn(3, 1, 64, 64, dtype=torch.double) if cfg.texture_noise else None
+    assert model_mod.mask_sites(seg) is not None
+
+    def run():
+        out = gen(seg, z, noise)
+        out.square().sum().backward()
+        grads = {n: p.grad.clone() for n, p in gen.named_parameters() if p.grad is not None}
+        gen.zero_grad()
+        return out.detach(), grads
+
+    sparse_out, sparse_grads = run()
+    monkeypatch.setattr(model_mod, "SPARSE_SPADE", False)
+    dense_out, dense_grads = run()
+    torch.testing.assert_close(sparse_out, dense_out, rtol=1e-9, atol=1e-12)
+    assert sparse_grads.keys() == dense_grads.keys()
+    # (biases before an instance norm get gradients of pure rounding: an absolute floor)
+    floor = 1e-9 * max(float(g.abs().max()) for g in dense_grads.values())
+    for name, g in dense_grads.items():
+        torch.testing.assert_close(sparse_grads[name], g, rtol=1e-7, atol=floor, msg=name)
+
+
+def test_bench_masks():
+    heart, blocky = bench_masks("heart", 2, 64), bench_masks("blocky", 2, 64)
+    assert heart.shape == blocky.shape == (2, 64, 64) and heart.dtype == blocky.dtype == np.uint8
+    assert set(np.unique(heart)) == {0, 1, 2, 3}
+    assert (blocky[:, ::8, ::8].repeat(8, 1).repeat(8, 2) == blocky).all()
+    with pytest.raises(ValueError, match="unknown mask kind 'dots'"):
+        bench_masks("dots", 1, 8)

@@ -226,3 +226,20 @@ def toy_heart_mask(size: int, rng: np.random.Generator | None = None) -> np.ndar
     mask[inner & above] = 1
     mask[atrium] = 3
     return mask
+
+
+BENCH_MASKS = ("heart", "blocky")
+
+
+def bench_masks(kind: str, n: int, size: int, seed: int = 0) -> np.ndarray:
+    """(n, size, size) uint8 label maps for benchmarks: ``heart`` (:func:`toy_heart_mask`,
+    jittered: label edges like the training masks') or ``blocky`` (a random label per cell of an
+    8x8 grid: far more edge pixels). Speed of the SPADE layers on the CPU depends on the share
+    of pixels near a label edge, so a benchmark says which it used."""
+    rng = np.random.default_rng(seed)
+    if kind == "heart":
+        return np.stack([toy_heart_mask(size, rng) for _ in range(n)])
+    if kind == "blocky":
+        cells = rng.integers(0, 4, (n, 8, 8)).astype(np.uint8)
+        return cells.repeat(-(-size // 8), 1).repeat(-(-size // 8), 2)[:, :size, :size]
+    raise ValueError(f"unknown mask kind {kind!r}: one of {', '.join(BENCH_MASKS)}")

@@ -14,7 +14,9 @@ the upsampling depth divides:
   Fused layout, same function: the hidden convs of the block's 2-3 SPADE layers are one conv
   (they all see the same resized mask), and the shortcut's SPADE reuses norm_0's normalisation of
   the same input. The mask-only half (hidden activation, gamma, beta) is computed apart
-  (``mask_features``), so several styles of one mask share it.
+  (``mask_features``), so several styles of one mask share it. On the CPU the gamma/beta convs
+  (most of the generator's FLOPs) run only near label edges: inside a one-label region their
+  output is that label's constant (:class:`MaskSites`; same function, fewer FLOPs).
 - ``SPADEGenerator``: start map at ``image_size / 2**ups`` (from the mask through a 3x3 conv, or
   from z through a linear layer with the VAE), head (16 ngf) -> middle x2 (16 ngf) -> up blocks
   (8, 4, 2, 1 ngf [, ngf/2 for "most"]) with nearest x2 upsampling, LeakyReLU, 3x3 conv, tanh.
@@ -329,7 +331,7 @@ SPARSE_SPADE = True
 #: edge of the mask or of the image there) ...
 SPARSE_MIN_SIDE = 16
 #: ... and so do masks where a larger share of the pixels is near an edge.
-SPARSE_MAX_SHARE = 0.9
+SPARSE_MAX_SHARE = 0.35
 #: The mask-only part of a SPADE layer is two 3x3 convs: each output pixel sees a 5x5 window.
 _REACH = 2
 
@@ -462,7 +464,8 @@ class SPADEResBlock(nn.Module):
             edge = F.linear(windows.view(len(sites.pixel), 9 * h), flat_w, conv_gb.bias)
             full = inside.flatten(2).transpose(1, 2).index_put(
                 (sites.image, sites.pixel), edge.to(inside.dtype))
-            out.append(full.transpose(1, 2).view_as(inside))
+            # NCHW like the features it modulates (mixed layouts make the products slow)
+            out.append(full.transpose(1, 2).reshape_as(inside).contiguous())
         return out
 
     def forward(self, x: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
