@@ -347,8 +347,8 @@ class MaskSites:
     heart mask, and the gamma/beta convs are most of the generator's FLOPs, so on the CPU this
     computes the same function with a fraction of the work (on CUDA dense convs are faster).
 
-    ``image``, ``pixel`` (P,): the image and the flat pixel
-    index (y * W + x) of each pixel that needs the convolution; ``taps`` (P*9,): for each of them, the rows of its 3x3 window in the
+    ``image``, ``pixel`` (P,): the image and the flat pixel index (y * W + x) of each pixel that
+    needs the convolution; ``taps`` (P*9,): for each of them, the rows of its 3x3 window in the
     channels-last, 1-padded map (B*(H+2)*(W+2) rows); ``shape``: (B, H, W).
     """
 
