@@ -8,7 +8,9 @@ with it. k styles: the encoder encodes k images, the generator draws the mask k 
 once per mask and shared by the k styles (``generator(seg, z)`` with k rows of z per mask); a
 generator without it (an older cardiGAN on PYTHONPATH) gets the mask repeated k times. FLOPs come
 from ``torch.utils.flop_counter`` (independent of machine load); times are the fastest of
-``--repeats`` alternating runs. Random weights: speed does not depend on them.
+``--repeats`` alternating runs. Random weights: speed does not depend on them. On the CPU the
+generator's sparse SPADE path (``cardigan.model.MaskSites``) runs, so the FLOPs are those it
+does; ``--meta`` counts the dense convolutions' FLOPs (the sparse path is CPU-only).
 """
 
 from __future__ import annotations
