@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import multiprocessing
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,7 @@ log = logging.getLogger("cardigan")
 class Job:
     setting: str
     seed: int
-    keep_model: bool  # the run whose U-Net the report reuses (first seed of each setting)
+    keep_model: bool  # return the trained weights (the run whose U-Net is used again)
 
 
 @dataclass
@@ -62,8 +63,6 @@ _inputs: _Inputs | None = None  # a worker's inputs, set once by _init_worker
 
 
 def _run(job: Job, inputs: _Inputs) -> RunResult:
-    import time
-
     start = time.perf_counter()
     data, cfg = inputs.training_sets[job.setting], inputs.cfg
     seg = segmenter.train_segmenter(

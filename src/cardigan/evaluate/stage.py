@@ -205,7 +205,8 @@ def run_evaluate(
 
     repeats = cfg["repeats"]
     seeds = [cfg["seed"] + r for r in range(repeats)]
-    jobs = [runs.Job(setting, seed, keep_model=seed == seeds[0])
+    # only the real-trained U-Net is used again (label fidelity, feature distances)
+    jobs = [runs.Job(setting, seed, keep_model=setting == "real" and seed == seeds[0])
             for setting in settings for seed in seeds]
     start = time.perf_counter()
     results = runs.train_and_test(jobs, training_sets, test, cfg, mixing, device,
@@ -215,15 +216,11 @@ def run_evaluate(
              ", ".join(f"{r.job.setting} seed {r.job.seed} {r.seconds:.1f} s" for r in results))
     rows: list[dict] = []
     per_seed: dict[str, list[dict]] = {}
-    first: dict[str, segmenter.TrainedSegmenter] = {}
     first_pred: dict[str, np.ndarray] = {}
     for setting in settings:
         done = [r for r in results if r.job.setting == setting]
         per_seed[setting] = [r.scores for r in done]
         losses = [r.final_loss for r in done]
-        model = segmenter.build_unet(cfg["channels"]).to(device)
-        model.load_state_dict(done[0].state)
-        first[setting] = segmenter.TrainedSegmenter(model.eval(), device)
         first_pred[setting] = done[0].pred
         rows.append(dict(setting=setting, instant="all", structure="all", metric="train_loss_final",
                          mean=float(np.mean(losses)), std=float(np.std(losses)), n=len(losses)))
@@ -233,8 +230,11 @@ def run_evaluate(
     field = texture.imaging_field(train.images)
     rows += texture_rows(train, synth, field)
     feats = None
-    if "real" in first:
-        seg = first["real"]
+    kept = [r.state for r in results if r.state is not None]
+    if kept:
+        model = segmenter.build_unet(cfg["channels"]).to(device)
+        model.load_state_dict(kept[0])
+        seg = segmenter.TrainedSegmenter(model.eval(), device)
         rows += fidelity_rows(segmenter.predict(seg, synth.images), synth)
         feats = {"real": segmenter.encoder_features(seg, train.images),
                  "synthetic": segmenter.encoder_features(seg, synth.images),
