@@ -32,7 +32,8 @@ def test_defaults_are_filled_into_a_sparse_config():
     cfg = validate({"data": {"image_size": 64}}, SCHEMA)
     assert cfg["data"]["views"] == ["4CH"]
     assert cfg["data"]["instants"] == ["ED", "ES"]
-    assert cfg["phantom"] == {"patients": 50, "seed": 0, "valid_patients": None, "test_patients": None}
+    assert cfg["phantom"] == {"patients": 50, "seed": 0, "valid_patients": None, "test_patients": None,
+                              "quality_shares": {"Good": 0.35, "Medium": 0.40, "Poor": 0.25}}
     assert cfg["train"]["lr_G"] == pytest.approx(1e-4)
     assert cfg["train"]["lr_D"] == pytest.approx(4e-4)
     assert cfg["sample"]["augment"]["max_tries"] == 20
@@ -51,6 +52,8 @@ def test_defaults_are_filled_into_a_sparse_config():
         ({"sample": {"augment": {"rotation_deg": 90}}}, "sample.augment.rotation_deg"),
         ({"export": {"formats": ["png"]}}, "export.formats[0]"),
         ({"evaluate": {"settings": ["both"]}}, "evaluate.settings[0]"),
+        ({"phantom": {"quality_shares": {"Poor": 1.5}}}, "phantom.quality_shares.Poor"),
+        ({"phantom": {"quality_shares": {"Bad": 0.5}}}, "unknown key"),
     ],
 )
 def test_schema_errors_name_the_key(patch, needle):
@@ -78,6 +81,8 @@ def test_unknown_key_is_named():
          "sample.samples_per_mask"),
         ({"train": {"noise_dim": 4}}, "train.use_vae and train.noise_dim"),
         ({"sample": {"augment": {"scale": [1.2, 0.8]}}}, "sample.augment.scale"),
+        ({"phantom": {"quality_shares": {"Poor": 0.6}}},
+         "phantom.quality_shares: the shares of Good, Medium and Poor must sum to 1, got 1.35"),
         ({"evaluate": {"inception_weights": "/no/inception.pth"}}, "evaluate.inception_weights"),
         ({"export": {"formats": ["h5", "nnunet"], "nnunet": {"test_split": True}},
           "sample": {"mask_splits": ["train", "test"]}}, "export.nnunet.test_split"),

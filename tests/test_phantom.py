@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -257,6 +258,45 @@ def test_quality_shares_and_geometry_vary():
     assert np.ptp([h.wall for h in eds]) > 5 and np.ptp([h.length for h in eds]) > 30
     rv = [s.ed.rv_width for s in views if s.view == "4CH"]
     assert min(rv) < 20 and max(rv) > 35
+
+
+def test_quality_shares_change_only_the_grade():
+    hard = {"Good": 0.1, "Medium": 0.4, "Poor": 0.5}
+    base = [phantom.draw_patient(0, i) for i in range(200)]
+    harder = [phantom.draw_patient(0, i, hard) for i in range(200)]
+    poor = [sum(p.quality == "Poor" for p in specs) for specs in (base, harder)]
+    assert 35 < poor[0] < 65 and 80 < poor[1] < 120
+    # Only the grade changes: a patient's anatomy and acquisition geometry stay the same.
+    for a, b in zip(base, harder):
+        assert (a.sex, a.age, a.frame_rate) == (b.sex, b.age, b.frame_rate)
+        for v in VIEWS:
+            assert dataclasses.replace(a.views[v], quality="") == dataclasses.replace(b.views[v], quality="")
+    # The default shares are the schema's, written out or left out.
+    assert [p.quality for p in base] == [
+        phantom.draw_patient(0, i, {"Good": 0.35, "Medium": 0.40, "Poor": 0.25}).quality
+        for i in range(200)]
+    assert {phantom.draw_patient(0, i, {"Good": 0, "Medium": 0, "Poor": 1}).quality
+            for i in range(20)} == {"Poor"}
+
+
+@pytest.mark.parametrize(("shares", "needle"), [
+    ({"Good": 0.5, "Medium": 0.5}, "a share for each of Good, Medium, Poor"),
+    ({"Good": 0.5, "Medium": 0.5, "Poor": 0.5}, "must sum to 1, got 1.5"),
+    ({"Good": -0.5, "Medium": 1, "Poor": 0.5}, "phantom.quality_shares.Good must be a number"),
+    ({"Good": "a", "Medium": 1, "Poor": 0}, "phantom.quality_shares.Good must be a number"),
+])
+def test_bad_quality_shares_are_named(shares, needle, tmp_path):
+    with pytest.raises(ValueError, match=needle):
+        write_phantom(tmp_path / "out", patients=3, sequences=False, quality_shares=shares)
+    assert not (tmp_path / "out").exists()
+
+
+def test_all_poor_phantom_writes_the_grade(tmp_path):
+    root = write_phantom(tmp_path / "poor", patients=3, sequences=False,
+                         quality_shares={"Good": 0, "Medium": 0, "Poor": 1})
+    for pdir in (root / "database_nifti").iterdir():
+        for v in VIEWS:
+            assert read_cfg(pdir / f"Info_{v}.cfg")["ImageQuality"] == "Poor"
 
 
 def test_sector_angle_seen_in_images():

@@ -1,7 +1,7 @@
 """A deterministic CAMUS-like phantom: apical 2CH/4CH echocardiograms written as the CAMUS release.
 
 It is meant to be as hard as CAMUS in the ways a segmenter feels: each patient has an ImageQuality
-grade (Good/Medium/Poor, 35/40/25 %) that sets blood/tissue contrast, cavity clutter, haze and
+grade (Good/Medium/Poor; by default 35/40/25 %, ``phantom.quality_shares``) that sets blood/tissue contrast, cavity clutter, haze and
 wall dropout, and each view its own acquisition: depth 12-17 cm (so the image height varies),
 sector angle 60-85 degrees, heart position/tilt and foreshortening, gain/TGC/dynamic range/grey
 map, shadows and reverberations. This module draws the patients and their acquisition geometry and
@@ -27,7 +27,7 @@ import logging
 import math
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,8 +49,9 @@ SPLIT_FILES = ("subgroup_training.txt", "subgroup_validation.txt", "subgroup_tes
 MIN_PATIENTS = 3
 
 _ROW_MM = 0.154  # nominal CAMUS axial pixel size; the lateral one is twice that
-#: Share of the ImageQuality grades (CAMUS is not filtered for quality: a good part is Poor).
-QUALITY_SHARES = {"Good": 0.35, "Medium": 0.40, "Poor": 0.25}
+#: CAMUS's ImageQuality grades; their shares are ``phantom.quality_shares`` (by default CAMUS-like:
+#: CAMUS is not filtered for quality, a good part is Poor).
+QUALITY_GRADES = ("Good", "Medium", "Poor")
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,26 @@ class PatientSpec:
     views: dict
 
 
+def quality_probabilities(shares: Mapping[str, float] | None = None) -> tuple[float, ...]:
+    """The probabilities of :data:`QUALITY_GRADES` from ``phantom.quality_shares`` (None: the
+    schema default); raises ValueError naming the key unless they are three shares summing to 1."""
+    shares = default("phantom", "quality_shares") if shares is None else shares
+    key = "phantom.quality_shares"
+    if not isinstance(shares, Mapping) or set(shares) != set(QUALITY_GRADES):
+        got = sorted(shares) if isinstance(shares, Mapping) else repr(shares)
+        raise ValueError(f"{key} must give a share for each of {', '.join(QUALITY_GRADES)}, "
+                         f"got {got}")
+    for grade in QUALITY_GRADES:
+        value = shares[grade]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"{key}.{grade} must be a number from 0 to 1, got {value!r}")
+    total = sum(float(shares[g]) for g in QUALITY_GRADES)
+    if abs(total - 1) > 1e-6:
+        raise ValueError(f"{key} must sum to 1, got {total:g} "
+                         f"({', '.join(f'{g} {shares[g]:g}' for g in QUALITY_GRADES)})")
+    return tuple(float(shares[g]) / total for g in QUALITY_GRADES)
+
+
 def patient_name(index: int) -> str:
     """``patient0001`` for index 0."""
     return f"patient{index + 1:04d}"
@@ -109,12 +130,14 @@ def split_counts(n: int, valid: int | None = None, test: int | None = None
 # --------------------------------------------------------------------------------------------
 
 
-def draw_patient(seed: int, index: int) -> PatientSpec:
-    """The patient's anatomy, acquisition geometry and metadata (deterministic in seed, index)."""
+def draw_patient(seed: int, index: int, quality_shares: Mapping[str, float] | None = None
+                 ) -> PatientSpec:
+    """The patient's anatomy, acquisition geometry and metadata (deterministic in seed, index and
+    the quality shares; the shares change only the grade, not the other draws)."""
     rng = rng_for(seed, index, 0)
     sex = "M" if rng.random() < 0.6 else "F"
     age = int(rng.integers(20, 91))
-    quality = str(rng.choice(list(QUALITY_SHARES), p=list(QUALITY_SHARES.values())))
+    quality = str(rng.choice(QUALITY_GRADES, p=quality_probabilities(quality_shares)))
     size = 1.0 + (0.06 if sex == "M" else -0.04) + rng.normal(0, 0.06)
     dilated = rng.random() < 0.12
     if dilated:
@@ -215,9 +238,10 @@ def _write_cfg(path: Path, items: Sequence[tuple[str, object]]) -> None:
     path.write_text("".join(f"{k}: {v}\n" for k, v in items))
 
 
-def render_patient(seed: int, index: int, sequences: bool = True) -> dict:
+def render_patient(seed: int, index: int, sequences: bool = True,
+                   quality_shares: Mapping[str, float] | None = None) -> dict:
     """All frames of both views of one patient: images, masks and the Info metadata."""
-    p = draw_patient(seed, index)
+    p = draw_patient(seed, index, quality_shares)
     result = {"spec": p, "views": {}}
     volumes = {}
     for view in VIEWS:
@@ -277,24 +301,26 @@ def _write_patient(res: dict, pdir: Path, name: str, layout: str, sequences: boo
         _write_cfg(pdir / f"Info_{view}.cfg", keys)
 
 
-def _write_patient_nifti(root: Path, seed: int, index: int, sequences: bool) -> dict:
-    res = render_patient(seed, index, sequences)
+def _write_patient_nifti(root: Path, seed: int, index: int, sequences: bool,
+                         quality_shares: Mapping[str, float]) -> dict:
+    res = render_patient(seed, index, sequences, quality_shares)
     name = res["spec"].name
     _write_patient(res, root / "database_nifti" / name, name, "nifti2023", sequences)
-    return {"name": name, "ef": res["ef"]}
+    return {"name": name, "ef": res["ef"], "quality": res["spec"].quality}
 
 
-def _write_patient_mhd(root: Path, seed: int, index: int, sequences: bool, folder: str, name: str) -> dict:
-    res = render_patient(seed, index, sequences)
+def _write_patient_mhd(root: Path, seed: int, index: int, sequences: bool,
+                       quality_shares: Mapping[str, float], folder: str, name: str) -> dict:
+    res = render_patient(seed, index, sequences, quality_shares)
     _write_patient(res, root / folder / name, name, "mhd2019", sequences)
-    return {"name": f"{folder}/{name}", "ef": res["ef"]}
+    return {"name": f"{folder}/{name}", "ef": res["ef"], "quality": res["spec"].quality}
 
 
 def _job(args: tuple) -> dict:
-    layout, root, seed, index, sequences, extra = args
+    layout, root, seed, index, sequences, shares, extra = args
     if layout == "nifti2023":
-        return _write_patient_nifti(Path(root), seed, index, sequences)
-    return _write_patient_mhd(Path(root), seed, index, sequences, *extra)
+        return _write_patient_nifti(Path(root), seed, index, sequences, shares)
+    return _write_patient_mhd(Path(root), seed, index, sequences, shares, *extra)
 
 
 def write_phantom(
@@ -307,6 +333,7 @@ def write_phantom(
     overwrite: bool = False,
     valid_patients: int | None = default("phantom", "valid_patients"),
     test_patients: int | None = default("phantom", "test_patients"),
+    quality_shares: Mapping[str, float] | None = None,
 ) -> Path:
     """Write ``patients`` phantom patients to ``out_dir`` in a CAMUS release layout; return it.
 
@@ -316,6 +343,8 @@ def write_phantom(
     ``valid_patients`` and ``test_patients``, by default 10 % each, and the rest for training).
     ``layout="mhd2019"``: ``training/`` holds the training and validation patients and
     ``testing/`` the test ones, numbered from patient0001 again, as in the 2019 release.
+    ``quality_shares`` maps Good/Medium/Poor to the share of patients in that ImageQuality grade
+    (None: the schema default of ``phantom.quality_shares``).
 
     The work runs on ``threads`` processes; everything is written into a temporary folder beside
     ``out_dir`` that is renamed at the end, so a failed run leaves nothing behind.
@@ -328,6 +357,7 @@ def write_phantom(
     n_train, n_val, n_test = split_counts(patients, valid_patients, test_patients)
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"phantom.seed must be a non-negative integer, got {seed!r}")
+    shares = dict(zip(QUALITY_GRADES, quality_probabilities(quality_shares)))
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     if out.exists() and not out.is_dir():
@@ -339,7 +369,7 @@ def write_phantom(
     with atomic_dir(out) as tmp:
         names = [patient_name(i) for i in range(patients)]
         if layout == "nifti2023":
-            jobs = [(layout, str(tmp), seed, i, sequences, ()) for i in range(patients)]
+            jobs = [(layout, str(tmp), seed, i, sequences, shares, ()) for i in range(patients)]
             split_dir = tmp / "database_split"
             split_dir.mkdir()
             bounds = np.cumsum([0, n_train, n_val, n_test])
@@ -347,13 +377,15 @@ def write_phantom(
                 (split_dir / fname).write_text("".join(f"{n}\n" for n in names[a:b]))
         else:
             n_tv = n_train + n_val
-            jobs = [(layout, str(tmp), seed, i, sequences,
+            jobs = [(layout, str(tmp), seed, i, sequences, shares,
                      ("training", names[i]) if i < n_tv else ("testing", patient_name(i - n_tv)))
                     for i in range(patients)]
         results = _run(jobs, threads)
         efs = np.array([r["ef"] for r in results])
-        log.info("phantom: %d patients (%s) in %s, EF %.0f-%.0f %%", patients, layout, out,
-                 efs.min(), efs.max())
+        grades = [r["quality"] for r in results]
+        log.info("phantom: %d patients (%s) in %s, EF %.0f-%.0f %%, ImageQuality %s", patients,
+                 layout, out, efs.min(), efs.max(),
+                 " / ".join(f"{g} {grades.count(g)}" for g in QUALITY_GRADES))
     return out
 
 
