@@ -1,8 +1,26 @@
 # Config validation, the paths of every output (from cardigan.layout) and the helpers every rule
 # file uses.
+import importlib.util
+import os
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+
+# A Snakemake whose Python does not have cardigan installed (a system or pyenv one, first on
+# PATH) uses this checkout's own package, in this process and in every job it starts; an
+# installed cardigan always wins.
+CHECKOUT_SRC = Path(workflow.current_basedir).parents[1] / "src"
+if (
+    importlib.util.find_spec("cardigan") is None
+    and (CHECKOUT_SRC / "cardigan").is_dir()
+):
+    sys.path.insert(0, str(CHECKOUT_SRC))
+    os.environ.update(
+        PYTHONPATH=os.pathsep.join(
+            p for p in (str(CHECKOUT_SRC), os.environ.get("PYTHONPATH")) if p
+        )
+    )
 
 try:
     from cardigan import layout
@@ -10,8 +28,8 @@ try:
     from cardigan.config import ConfigError, config_hash, validate
 except ImportError as err:
     raise WorkflowError(
-        "the cardigan package is not importable: install it first (pip install -e .), "
-        f"see README.md ({err})"
+        f"the cardigan package is not importable by {sys.executable}, nor from {CHECKOUT_SRC}: "
+        f"install it in this Python (pip install -e .), see README.md ({err})"
     )
 
 

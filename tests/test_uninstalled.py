@@ -1,0 +1,69 @@
+"""A Snakemake whose Python does not have cardigan installed runs the checkout's own package.
+
+The run hides the installed package: a ``sitecustomize`` on PYTHONPATH takes the folder that
+provides it off ``sys.path``, in the Snakemake process and in every job it starts. The workflow
+copy then has only its own ``src/`` to import cardigan from.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from cardigan import layout
+from cardigan.code_fingerprint import package_root
+from workflow_helpers import REPO, copy_workflow, snakemake
+
+
+def hide_installed_cardigan(tmp_path: Path) -> dict[str, str]:
+    """Environment for a Python that cannot import the installed cardigan."""
+    installed = package_root().parent.resolve()
+    hider = tmp_path / "hide-cardigan"
+    hider.mkdir()
+    (hider / "sitecustomize.py").write_text(
+        textwrap.dedent(
+            f"""\
+            import os, sys
+            sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != {str(installed)!r}]
+            """
+        )
+    )
+    return {"PYTHONPATH": str(hider)}
+
+
+def test_hiding_works(tmp_path):
+    env = hide_installed_cardigan(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import cardigan"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and "No module named 'cardigan'" in proc.stderr
+
+
+def test_uninstalled_runs_the_checkouts_package(tmp_path):
+    work = copy_workflow(tmp_path / "run")
+    shutil.copytree(REPO / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    env = hide_installed_cardigan(tmp_path)
+
+    proc = snakemake(work, "--lint", env=env)
+    assert "Congratulations" in proc.stdout + proc.stderr
+
+    # phantom and extract import cardigan in their jobs, which start with the hiding
+    # sitecustomize too: they ran, so the copy's package reached them.
+    snakemake(work, "extract", env=env)
+    assert all((work / f).is_file() for f in layout.extracted(layout.SPLITS, ["4CH"]))
+
+
+def test_no_package_anywhere_is_a_clear_error(tmp_path):
+    work = copy_workflow(tmp_path / "run")
+    proc = snakemake(work, "-n", env=hide_installed_cardigan(tmp_path), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "the cardigan package is not importable" in out
+    assert str(work / "src") in out and "pip install -e ." in out
