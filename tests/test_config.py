@@ -82,7 +82,7 @@ def test_unknown_key_is_named():
         ({"train": {"noise_dim": 4}}, "train.use_vae and train.noise_dim"),
         ({"sample": {"augment": {"scale": [1.2, 0.8]}}}, "sample.augment.scale"),
         ({"phantom": {"quality_shares": {"Poor": 0.6}}},
-         "phantom.quality_shares: the shares of Good, Medium and Poor must sum to 1, got 1.35"),
+         "config key phantom.quality_shares must sum to 1, got 1.35 (Good 0.35, Medium 0.4, Poor 0.6)"),
         ({"evaluate": {"inception_weights": "/no/inception.pth"}}, "evaluate.inception_weights"),
         ({"export": {"formats": ["h5", "nnunet"], "nnunet": {"test_split": True}},
           "sample": {"mask_splits": ["train", "test"]}}, "export.nnunet.test_split"),

@@ -18,7 +18,8 @@ import jsonschema
 import yaml
 
 
-from .defaults import SCHEMA_PATH, default
+from .defaults import SCHEMA_PATH
+from .image_quality import quality_probabilities
 
 
 class ConfigError(ValueError):
@@ -193,13 +194,10 @@ def check_semantics(config: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"config key phantom.patients: {phantom['patients']} leaves no training patient "
             f"after phantom.valid_patients and phantom.test_patients ({held_out} in all)")
-    shares = phantom["quality_shares"]
-    grades = list(default("phantom", "quality_shares"))  # the schema's order
-    total = sum(shares.values())
-    if abs(total - 1) > 1e-6:
-        raise ConfigError(
-            f"config key phantom.quality_shares: the shares of Good, Medium and Poor must sum to 1, "
-            f"got {total:g} ({', '.join(f'{g} {shares[g]:g}' for g in grades)})")
+    try:
+        quality_probabilities(phantom["quality_shares"])
+    except ValueError as err:
+        raise ConfigError(f"config key {err}") from None
     split = data["split"]
     if split not in ("official", "seed"):
         folder = Path(split)
