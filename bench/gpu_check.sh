@@ -4,7 +4,10 @@
 #   bash bench/gpu_check.sh                                # on the GPU machine
 #   CARDIGAN_GPU_CHECK_SMOKE=1 bash bench/gpu_check.sh     # CPU smoke run (CI): tiny sizes
 #
-# Needs only the project's own dependencies with a CUDA build of torch. Every section runs under
+# Needs the project's dependencies that the check imports (not the imaging stack, MONAI or
+# Snakemake) with a CUDA build of torch; those a GPU machine without PyPI lacks come as wheels in
+# .whl/ (GPU_CHECK_WHEELS), fetched beforehand by bench/gpu_wheels.sh and installed here before the
+# first section. Nothing runs on the GPU until they all import. Every section runs under
 # `timeout` and writes its output to $GPU_CHECK_OUT/<section>.txt (default results/gpu_check/) as
 # it goes; summary.txt collects each section's last lines and exit status, so a section that
 # hangs or fails costs only its own time box. Sections:
@@ -24,6 +27,26 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${GPU_CHECK_OUT:-results/gpu_check}
 mkdir -p "$OUT"
 : > "$OUT/summary.txt"
+
+WHEELS=${GPU_CHECK_WHEELS:-.whl}
+imports_ok() {
+    python -c 'import pytest
+import cardigan.appearance, cardigan.checkpoint, cardigan.config, cardigan.device, cardigan.masks
+import cardigan.model, cardigan.sample, cardigan.train, cardigan.train_log, cardigan.train_state' \
+        2> "$OUT/imports.txt"
+}
+if ! imports_ok && compgen -G "$WHEELS/*.whl" > /dev/null; then
+    SITE=$(mktemp -d)
+    python -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$WHEELS"/*.whl
+    export PYTHONPATH="$SITE:$PYTHONPATH"
+    echo "installed $(ls "$WHEELS" | wc -l) wheel(s) from $WHEELS" | tee -a "$OUT/summary.txt"
+fi
+imports_ok || {
+    tail -n 3 "$OUT/imports.txt" | tee -a "$OUT/summary.txt"
+    echo "gpu_check: the check's imports fail (above); fetch the missing packages as wheels" \
+         "where PyPI is reachable (bash bench/gpu_wheels.sh) and bring .whl/ along" \
+        | tee -a "$OUT/summary.txt"
+    exit 2; }
 
 if [ "${CARDIGAN_GPU_CHECK_SMOKE:-0}" = 1 ]; then
     DEV=cpu; SIZE=64; NF=4; HID=8; NLD=2; BATCH=2; ITERS=1; WARM=1; KILL_IT=8; SCALE=4

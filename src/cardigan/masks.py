@@ -17,7 +17,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import SimpleITK as sitk
 from skimage.transform import resize
 
 from .dataio import parse_key
@@ -79,6 +78,10 @@ def load_extracted_masks(anno_paths: Iterable[str | Path]) -> list[SourceMask]:
 
 
 def _read_user_file(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
+    # Imported here: the generator, training and the benchmarks use this module's masks without
+    # reading image files, and run where the imaging stack is not installed (the GPU check).
+    import SimpleITK as sitk
+
     img = sitk.ReadImage(str(path))
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise MaskError(
