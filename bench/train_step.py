@@ -66,9 +66,11 @@ def path_settings(name: str, device: torch.device, compile_: bool) -> PathSettin
     return optimised_settings(device, compile_)
 
 
-#: Dense bf16 tensor-core peaks (TFLOP/s, datasheet, without sparsity) for the MFU figure.
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0,
-                    "H100": 756.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0,
+#: Dense bf16 tensor-core peaks (TFLOP/s, datasheet, without sparsity) for the MFU figure, by
+#: a part of the name CUDA reports; the first match counts (the SXM H100 reports itself as
+#: "H100 80GB HBM3").
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 NVL": 835.0,
+                    "H100 PCIe": 756.0, "H100": 756.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0,
                     "A10": 125.0, "RTX 4090": 165.0, "RTX 6000 Ada": 364.0}
 
 
