@@ -90,6 +90,18 @@ def test_command_line_override_reruns_exactly_its_stage_and_after(run, tmp_path,
     assert set(planned_jobs(work, "--config", override)) == expected
 
 
+@pytest.mark.parametrize(
+    "override",
+    ["train={seed: 0}", "train={amp: true, epochs: 2}", "phantom={seed: 0}",
+     "phantom={quality_shares: {Poor: 0.25, Medium: 0.4, Good: 0.35}}"],
+)
+def test_a_setting_given_its_current_value_reruns_nothing(run, tmp_path, override):
+    """A key's position in the config depends on where it came from (file, --config, default);
+    a value that is already in effect is no change, wherever it is given."""
+    work = clone(run, tmp_path / "run")
+    assert planned_jobs(work, "--config", override) == {}
+
+
 def test_more_epochs_on_the_command_line_continue_the_finished_run(run, tmp_path):
     work = clone(run, tmp_path / "run")
     done = json.loads((run / "results/train/config.json").read_text())["resolved"]["total_steps"]

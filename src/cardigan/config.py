@@ -124,9 +124,32 @@ def coerce(config: Any, schema: dict[str, Any], root: dict[str, Any] | None = No
     return config
 
 
+def order_keys(config: Any, schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
+    """Put every mapping's keys in the schema's order (keys the schema does not list after
+    them, sorted), in place, and return ``config``.
+
+    The order of a key depends on where it came from: the config file, ``--config`` or a
+    default filled in. Snakemake compares a rule's params by their ``repr``, so without one
+    order ``--config 'train={seed: 0}'`` (the default value) would look like a change and
+    re-run training and everything after it.
+    """
+    root = schema if root is None else root
+    schema = _resolve(schema, root)
+    if isinstance(config, dict):
+        props = schema.get("properties", {})
+        keys = [k for k in props if k in config] + sorted(k for k in config if k not in props)
+        items = [(k, config.pop(k)) for k in keys]
+        for key, value in items:
+            config[key] = order_keys(value, props.get(key, {}), root)
+    elif isinstance(config, list) and isinstance(schema.get("items"), dict):
+        for value in config:
+            order_keys(value, schema["items"], root)
+    return config
+
+
 def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
-    """Convert command-line strings (:func:`coerce`), fill defaults into ``config`` (in place)
-    and validate it; return it.
+    """Convert command-line strings (:func:`coerce`), fill defaults into ``config`` (in place),
+    validate it and put its keys in the schema's order (:func:`order_keys`); return it.
 
     Raises ConfigError with one line naming the offending key, e.g.
     ``config key data.views[0]: '3CH' is not one of ['2CH', '4CH']``.
@@ -141,7 +164,7 @@ def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> d
             raise ConfigError(f"config key {key}: {err.message} (unknown key: check its spelling)")
         raise ConfigError(f"config key {key}: {err.message}")
     check_semantics(config)
-    return config
+    return order_keys(config, schema)
 
 
 def apply_override(config: dict[str, Any], assignment: str) -> None:
