@@ -24,20 +24,23 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+# The Python that holds torch: python3 unless PYTHON names another (GPU images need not have a
+# plain "python").
+PY=${PYTHON:-python3}
 OUT=${GPU_CHECK_OUT:-results/gpu_check}
 mkdir -p "$OUT"
 : > "$OUT/summary.txt"
 
 WHEELS=${GPU_CHECK_WHEELS:-.whl}
 imports_ok() {
-    python -c 'import pytest
+    "$PY" -c 'import pytest
 import cardigan.appearance, cardigan.checkpoint, cardigan.config, cardigan.device, cardigan.masks
 import cardigan.model, cardigan.sample, cardigan.train, cardigan.train_log, cardigan.train_state' \
         2> "$OUT/imports.txt"
 }
 if ! imports_ok && compgen -G "$WHEELS/*.whl" > /dev/null; then
     SITE=$(mktemp -d)
-    python -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$WHEELS"/*.whl
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$WHEELS"/*.whl
     export PYTHONPATH="$SITE:$PYTHONPATH"
     echo "installed $(ls "$WHEELS" | wc -l) wheel(s) from $WHEELS" | tee -a "$OUT/summary.txt"
 fi
@@ -58,11 +61,11 @@ else
     SAMPLE="--counts 1000 --devices cuda"
     KILL="--size 128 --ngf 16 --batch 4"
     COMPILE="--compile"
-    python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' || {
+    "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' || {
         echo "no CUDA device visible (set CARDIGAN_GPU_CHECK_SMOKE=1 for the CPU smoke run)"
         exit 2; }
 fi
-python -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda,
+"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda,
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")' \
     | tee -a "$OUT/summary.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
@@ -80,19 +83,19 @@ section() {  # section NAME SECONDS COMMAND...: time-boxed, output saved as it c
     [ "$rc" = 0 ] || FAILED=$(( FAILED + 1 ))
 }
 
-BENCH=(python bench/train_step.py --device "$DEV" --size "$SIZE" --ngf "$NF" --ndf "$NF"
+BENCH=("$PY" bench/train_step.py --device "$DEV" --size "$SIZE" --ngf "$NF" --ndf "$NF"
        --spade-hidden "$HID" --n-layers-D "$NLD" --batch "$BATCH" --iters "$ITERS"
        --warmup "$WARM")
-section cuda_tests 40 python -m pytest -m cuda tests/test_cuda.py -q -rs
+section cuda_tests 40 "$PY" -m pytest -m cuda tests/test_cuda.py -q -rs
 section iter_fp32 35 "${BENCH[@]}" --paths plain --flops --json "$OUT/iter_fp32.json"
 section iter_bf16 25 "${BENCH[@]}" --paths bf16 --flops --json "$OUT/iter_bf16.json"
 section iter_bf16_cl 30 "${BENCH[@]}" --paths optimised --flops --profile 15 \
     --json "$OUT/iter_bf16_cl.json"
 section iter_compile 60 "${BENCH[@]}" --paths optimised $COMPILE --flops \
     --json "$OUT/iter_compile.json"
-section max_batch 35 python bench/max_batch.py --device "$DEV" --size "$SIZE" --ngf "$NF" \
+section max_batch 35 "$PY" bench/max_batch.py --device "$DEV" --size "$SIZE" --ngf "$NF" \
     --spade-hidden "$HID" --n-layers-D "$NLD" --start "$BATCH"
-section sample 30 python bench/sample.py $SAMPLE
-section kill_resume 40 python bench/kill_resume.py --device "$DEV" --iterations "$KILL_IT" $KILL
+section sample 30 "$PY" bench/sample.py $SAMPLE
+section kill_resume 40 "$PY" bench/kill_resume.py --device "$DEV" --iterations "$KILL_IT" $KILL
 echo "gpu_check: $FAILED section(s) failed; outputs in $OUT" | tee -a "$OUT/summary.txt"
 exit $(( FAILED > 0 ))

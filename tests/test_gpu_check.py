@@ -39,7 +39,8 @@ def without(modules: tuple[str, ...], folder: Path) -> str:
 def test_gpu_check_smoke_mode(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, CARDIGAN_GPU_CHECK_SMOKE="1", GPU_CHECK_OUT=str(out),
-               OMP_NUM_THREADS="1", PYTHONPATH=without(NOT_ON_GPU_IMAGE, tmp_path / "image"))
+               OMP_NUM_THREADS="1", PYTHONPATH=without(NOT_ON_GPU_IMAGE, tmp_path / "image"),
+               PYTHON=sys.executable)
     absent = subprocess.run([sys.executable, "-c", "import SimpleITK"], env=env,
                             capture_output=True, text=True)
     assert "not on the GPU image" in absent.stderr
