@@ -34,6 +34,14 @@ def _key_path(path) -> str:
 
 
 def _with_defaults(cls):
+    """``cls`` that, validating an object, fills in the defaults of its missing keys and puts its
+    keys in the schema's order (keys the schema does not list after them, sorted).
+
+    Without one order a key's position would depend on where it came from (the config file,
+    ``--config`` or a default filled in), and Snakemake compares a rule's params by their
+    ``repr``: ``--config 'train={seed: 0}'`` (the default value) would look like a change and
+    re-run training and everything after it.
+    """
     validate_props = cls.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
@@ -41,6 +49,9 @@ def _with_defaults(cls):
             for name, sub in properties.items():
                 if "default" in sub and name not in instance:
                     instance[name] = copy.deepcopy(sub["default"])
+            order = [k for k in properties if k in instance]
+            for key in order + sorted(k for k in instance if k not in properties):
+                instance[key] = instance.pop(key)
         yield from validate_props(validator, properties, instance, schema)
 
     return jsonschema.validators.extend(cls, {"properties": set_defaults})
@@ -124,32 +135,9 @@ def coerce(config: Any, schema: dict[str, Any], root: dict[str, Any] | None = No
     return config
 
 
-def order_keys(config: Any, schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
-    """Put every mapping's keys in the schema's order (keys the schema does not list after
-    them, sorted), in place, and return ``config``.
-
-    The order of a key depends on where it came from: the config file, ``--config`` or a
-    default filled in. Snakemake compares a rule's params by their ``repr``, so without one
-    order ``--config 'train={seed: 0}'`` (the default value) would look like a change and
-    re-run training and everything after it.
-    """
-    root = schema if root is None else root
-    schema = _resolve(schema, root)
-    if isinstance(config, dict):
-        props = schema.get("properties", {})
-        keys = [k for k in props if k in config] + sorted(k for k in config if k not in props)
-        items = [(k, config.pop(k)) for k in keys]
-        for key, value in items:
-            config[key] = order_keys(value, props.get(key, {}), root)
-    elif isinstance(config, list) and isinstance(schema.get("items"), dict):
-        for value in config:
-            order_keys(value, schema["items"], root)
-    return config
-
-
 def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
-    """Convert command-line strings (:func:`coerce`), fill defaults into ``config`` (in place),
-    validate it and put its keys in the schema's order (:func:`order_keys`); return it.
+    """Convert command-line strings (:func:`coerce`), fill defaults into ``config`` and put its
+    keys in the schema's order (in place), and validate it; return it.
 
     Raises ConfigError with one line naming the offending key, e.g.
     ``config key data.views[0]: '3CH' is not one of ['2CH', '4CH']``.
@@ -164,7 +152,7 @@ def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> d
             raise ConfigError(f"config key {key}: {err.message} (unknown key: check its spelling)")
         raise ConfigError(f"config key {key}: {err.message}")
     check_semantics(config)
-    return order_keys(config, schema)
+    return config
 
 
 def apply_override(config: dict[str, Any], assignment: str) -> None:
