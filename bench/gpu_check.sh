@@ -32,11 +32,19 @@ mkdir -p "$OUT"
 : > "$OUT/summary.txt"
 
 WHEELS=${GPU_CHECK_WHEELS:-.whl}
+# Every cardigan module the check's scripts reach (found by the code fingerprint's import walk),
+# imported: a package missing on this machine shows here, before any section.
 imports_ok() {
-    "$PY" -c 'import pytest
-import cardigan.appearance, cardigan.checkpoint, cardigan.config, cardigan.device, cardigan.masks
-import cardigan.model, cardigan.sample, cardigan.train, cardigan.train_log, cardigan.train_state' \
-        2> "$OUT/imports.txt"
+    "$PY" - bench/train_step.py bench/max_batch.py bench/sample.py bench/kill_resume.py \
+        tests/test_cuda.py 2> "$OUT/imports.txt" <<'PYEOF'
+import importlib, sys
+import pytest
+from cardigan.code_fingerprint import module_closure, package_root
+root = package_root()
+for path in module_closure(sys.argv[1:]):
+    parts = path.relative_to(root).with_suffix("").parts
+    importlib.import_module(".".join(("cardigan", *(p for p in parts if p != "__init__"))))
+PYEOF
 }
 if ! imports_ok && compgen -G "$WHEELS/*.whl" > /dev/null; then
     SITE=$(mktemp -d)
