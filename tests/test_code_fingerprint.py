@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from cardigan.code_fingerprint import _fingerprint, module_closure, package_root
+from cardigan.code_fingerprint import _fingerprint, differing_files, module_closure, package_root
 from cardigan.train import TrainConfig, fingerprinted_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,3 +50,19 @@ def test_training_state_fingerprint_holds_the_model_code():
     settings = fingerprinted_settings(TrainConfig(), 128, "0" * 64)
     root = package_root()
     assert settings["model_code"] == _fingerprint(("cardigan.model",), str(root))
+
+
+def test_differing_files_names_edited_added_and_missing_files(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for pkg in (a, b):
+        shutil.copytree(package_root(), pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    (b / "__pycache__").mkdir(exist_ok=True)
+    (b / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"compiled")  # not source
+    (b / "notes.txt").write_text("not package code")
+    os.utime(b / "train.py", (1e9, 1e9))  # same content
+    assert differing_files(a, b) == []
+
+    (b / "model.py").write_text((b / "model.py").read_text() + "\n# an edit\n")
+    (b / "evaluate" / "extra.py").write_text("x = 1\n")
+    (a / "schemas" / "config.schema.yaml").unlink()
+    assert differing_files(a, b) == ["evaluate/extra.py", "model.py", "schemas/config.schema.yaml"]

@@ -18,6 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 
 PACKAGE = "cardigan"
+#: Files that make up the package: its code and the schema it ships.
+PACKAGE_SUFFIXES = (".py", ".yaml")
 
 
 def package_root() -> Path:
@@ -112,3 +114,18 @@ def code_fingerprint(*entries: str | Path) -> str:
     """sha256 over the contents (not timestamps) of every package file ``entries`` reach."""
     root = package_root()
     return _fingerprint(tuple(str(e) for e in entries), str(root))
+
+
+def _package_files(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).digest()
+        for p in root.rglob("*")
+        if p.suffix in PACKAGE_SUFFIXES and "__pycache__" not in p.parts and p.is_file()
+    }
+
+
+def differing_files(a: str | Path, b: str | Path) -> list[str]:
+    """Package files (code and schema, paths relative to the package folder) whose contents
+    differ between package folders ``a`` and ``b``, or that only one of them has. Sorted."""
+    fa, fb = _package_files(Path(a)), _package_files(Path(b))
+    return sorted(name for name in fa.keys() | fb.keys() if fa.get(name) != fb.get(name))

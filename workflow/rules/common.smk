@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 
 # A Snakemake whose Python does not have cardigan installed (a system or pyenv one, first on
 # PATH) uses this checkout's own package, in this process and in every job it starts; an
-# installed cardigan always wins.
+# installed cardigan is used first (and must hold the same code: below).
 CHECKOUT_SRC = Path(workflow.current_basedir).parents[1] / "src"
 if (
     importlib.util.find_spec("cardigan") is None
@@ -24,13 +24,36 @@ if (
 
 try:
     from cardigan import layout
-    from cardigan.code_fingerprint import code_fingerprint
+    from cardigan.code_fingerprint import (
+        code_fingerprint,
+        differing_files,
+        package_root,
+    )
     from cardigan.config import ConfigError, config_hash, validate
 except ImportError as err:
+    FOUND = importlib.util.find_spec("cardigan")
+    if FOUND is None:
+        raise WorkflowError(
+            f"the cardigan package is not importable by {sys.executable}, nor from {CHECKOUT_SRC}: "
+            f"install it in this Python (pip install -e .), see README.md ({err})"
+        )
     raise WorkflowError(
-        f"the cardigan package is not importable by {sys.executable}, nor from {CHECKOUT_SRC}: "
-        f"install it in this Python (pip install -e .), see README.md ({err})"
+        f"{sys.executable} imports cardigan from {list(FOUND.submodule_search_locations)[0]}, "
+        f"another version than this workflow's ({err}): install this checkout's package in "
+        f"that Python (pip install -e .), see README.md"
     )
+
+# An installed copy that is not this checkout's (`pip install .` before a `git pull` or an
+# edit) would run other code than the checkout holds, and its stages would not re-run.
+if (CHECKOUT_SRC / "cardigan").is_dir():
+    STALE = differing_files(package_root(), CHECKOUT_SRC / "cardigan")
+    if STALE:
+        raise WorkflowError(
+            f"{sys.executable} imports cardigan from {package_root()}, which is not this "
+            f"checkout's {CHECKOUT_SRC / 'cardigan'}: {len(STALE)} file(s) differ "
+            f"({', '.join(STALE[:5])}{', ...' if len(STALE) > 5 else ''}). Install this "
+            f"checkout's package in that Python: pip install -e {CHECKOUT_SRC.parent}"
+        )
 
 
 try:
