@@ -126,6 +126,10 @@ def _package_files(root: Path) -> dict[str, bytes]:
 
 def differing_files(a: str | Path, b: str | Path) -> list[str]:
     """Package files (code and schema, paths relative to the package folder) whose contents
-    differ between package folders ``a`` and ``b``, or that only one of them has. Sorted."""
-    fa, fb = _package_files(Path(a)), _package_files(Path(b))
+    differ between package folders ``a`` and ``b``, or that only one of them has. Sorted.
+    One folder twice (an editable install, checked at every workflow parse) reads nothing."""
+    a, b = Path(a).resolve(), Path(b).resolve()
+    if a == b:
+        return []
+    fa, fb = _package_files(a), _package_files(b)
     return sorted(name for name in fa.keys() | fb.keys() if fa.get(name) != fb.get(name))
