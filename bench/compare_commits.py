@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import re
 import shutil
 import statistics
@@ -23,10 +24,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
 
 import torch
 
-from cardigan.masks import BENCH_MASKS, bench_masks
+from cardigan.data.masks import BENCH_MASKS, bench_masks
 
 
 def import_old(src: Path, dest: Path):
@@ -36,8 +38,20 @@ def import_old(src: Path, dest: Path):
         text = f.read_text()
         f.write_text(re.sub(r"\b(from|import) cardigan\b", r"\1 cardigan_old", text))
     sys.path.insert(0, str(dest))
-    return (importlib.import_module("cardigan_old.model"),
-            importlib.import_module("cardigan_old.losses"))
+    return api("cardigan_old")
+
+
+def api(pkg: str) -> tuple[SimpleNamespace, ModuleType]:
+    """(ModelConfig, build_models, one_hot) and the losses module of a cardigan package, laid out
+    by stage (``gan/``) or flat as before."""
+    mod = importlib.import_module
+    if importlib.util.find_spec(f"{pkg}.gan") is None:
+        model = mod(f"{pkg}.model")
+        return (SimpleNamespace(ModelConfig=model.ModelConfig, build_models=model.build_models,
+                                one_hot=model.one_hot), mod(f"{pkg}.losses"))
+    return (SimpleNamespace(ModelConfig=mod(f"{pkg}.gan.model_config").ModelConfig,
+                            build_models=mod(f"{pkg}.gan.model").build_models,
+                            one_hot=mod(f"{pkg}.gan.layers").one_hot), mod(f"{pkg}.gan.losses"))
 
 
 class Version:
@@ -93,12 +107,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--amp", action="store_true", help="bf16 autocast (default: fp32)")
     p.add_argument("--masks", choices=BENCH_MASKS, default="heart",
-                   help="conditioning masks (cardigan.masks.bench_masks)")
+                   help="conditioning masks (cardigan.data.masks.bench_masks)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
-    import cardigan.losses as new_losses
-    import cardigan.model as new_model
+    new_model, new_losses = api("cardigan")
 
     with tempfile.TemporaryDirectory() as tmp:
         old_model, old_losses = import_old(args.old_src, Path(tmp))

@@ -4,7 +4,7 @@ For each N in ``--patients`` (default 50 500): writes an N-patient phantom at or
 (2023 NIfTI layout, no sequences) into a temporary folder, then, each in a fresh subprocess:
 
 - bare read: every selected image and mask read with SimpleITK (one process), no checks;
-- extraction: :func:`cardigan.extract.extract` with ``--threads`` processes.
+- extraction: :func:`cardigan.data.extract.extract` with ``--threads`` processes.
 
 Prints patients/s for both, their ratio, and the extraction's peak RSS (the main process, which
 writes, and the largest worker). Targets: extraction >= 0.5 x the bare read rate with 2 threads;
@@ -43,7 +43,7 @@ READ = textwrap.dedent("""
 
 EXTRACT = textwrap.dedent("""
     import json, resource, sys, time
-    from cardigan.extract import extract
+    from cardigan.data.extract import extract
     root, out, views, instants, size, threads = sys.argv[1:7]
     t = time.perf_counter()
     s = extract(root, out, views=views.split(","), instants=instants.split(","),
@@ -72,7 +72,7 @@ def main() -> None:
                     help="keep phantoms here (reused when present) instead of a temporary folder")
     args = ap.parse_args()
 
-    from cardigan.phantom import write_phantom
+    from cardigan.phantom.write import write_phantom
 
     with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
         work = args.workdir or Path(tmp)

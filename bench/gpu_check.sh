@@ -39,7 +39,7 @@ imports_ok() {
         tests/test_cuda.py 2> "$OUT/imports.txt" <<'PYEOF'
 import importlib, sys
 import pytest
-from cardigan.code_fingerprint import module_closure, package_root
+from cardigan.core.code_fingerprint import module_closure, package_root
 root = package_root()
 for path in module_closure(sys.argv[1:]):
     parts = path.relative_to(root).with_suffix("").parts

@@ -3,7 +3,7 @@
     python bench/kill_resume.py --device cuda --iterations 100     # bench/gpu_check.sh
     python bench/kill_resume.py --device cpu --iterations 12 --size 64 --ngf 4   # smoke
 
-Writes a small synthetic extracted split (tests/train_fixtures.py), runs ``cardigan.train`` as
+Writes a small synthetic extracted split (tests/train_fixtures.py), runs ``cardigan.gan.launch`` as
 its own process with a checkpoint every ``iterations / 5`` iterations, kills it once a checkpoint
 at or past the middle exists, runs it again, and checks that the second run resumed (log line
 "resuming ... at iteration N") and finished every iteration. Prints one JSON line.
@@ -39,8 +39,8 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from train_fixtures import write_split
 
-    from cardigan.checkpoint import load_state
-    from cardigan.config import validate
+    from cardigan.core.config import validate
+    from cardigan.gan.checkpoint import load_state
 
     per_epoch = 4
     epochs = max(2, args.iterations // per_epoch)
@@ -54,7 +54,7 @@ def main() -> None:
                      spade_hidden=args.spade_hidden,
                      log_every=every, sample_every=epochs)
         (d / "train.yaml").write_text(yaml.safe_dump({"train": train}))
-        cmd = [sys.executable, "-m", "cardigan.train", "--images", str(images), "--annos",
+        cmd = [sys.executable, "-m", "cardigan.gan.launch", "--images", str(images), "--annos",
                str(annos), "--train-config", str(d / "train.yaml"), "--image-size",
                str(args.size), "--out-dir", str(d / "out"), "--state-dir", str(d / "out/state"),
                "--threads", str(args.threads)]

@@ -20,7 +20,7 @@ COLOURS = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 90], [70, 120, 240]], np
 
 def load(path: str | None):
     if path is None:
-        from cardigan import phantom
+        from cardigan.phantom import write as phantom
         return phantom
     spec = importlib.util.spec_from_file_location("cardigan._preview_phantom", path)
     mod = importlib.util.module_from_spec(spec)

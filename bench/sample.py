@@ -5,7 +5,7 @@
 
 The generator is built from config.yaml's ``train`` section at ``data.image_size`` (128 by
 default) with RANDOM weights: speed does not depend on the weights. Conditioning masks are 100
-toy apical masks (``cardigan.masks.toy_heart_mask``); the image count is reached with
+toy apical masks (``cardigan.data.masks.toy_heart_mask``); the image count is reached with
 ``sample.augment.n`` deformations per mask (count / 100 - 1), so the run includes augmentation,
 plausibility checks, inference, the real grey levels and speckle (recorded from toy "training
 images") and HDF5 writing, i.e. the whole sample stage. Each run is a
@@ -33,10 +33,12 @@ def worker(count: int, device: str, threads: int, batch_size: int) -> dict:
     import torch
     import yaml
 
-    from cardigan.appearance import Appearance
-    from cardigan.masks import toy_heart_mask
-    from cardigan.model import ModelConfig, build_models, save_generator
-    from cardigan.sample import run_sample
+    from cardigan.data.masks import toy_heart_mask
+    from cardigan.gan.appearance import Appearance
+    from cardigan.gan.generator_file import save_generator
+    from cardigan.gan.model import build_models
+    from cardigan.gan.model_config import ModelConfig
+    from cardigan.synth.sample import run_sample
 
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     size = config["data"]["image_size"]

@@ -9,7 +9,7 @@ once per mask and shared by the k styles (``generator(seg, z)`` with k rows of z
 generator without it (an older cardiGAN on PYTHONPATH) gets the mask repeated k times. FLOPs come
 from ``torch.utils.flop_counter`` (independent of machine load); times are the fastest of
 ``--repeats`` alternating runs. Random weights: speed does not depend on them. On the CPU the
-generator's sparse SPADE path (``cardigan.model.MaskSites``) runs, so the FLOPs are those it
+generator's sparse SPADE path (``cardigan.gan.model.MaskSites``) runs, so the FLOPs are those it
 does; ``--meta`` counts the dense convolutions' FLOPs (the sparse path is CPU-only).
 """
 
@@ -22,8 +22,11 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cardigan.masks import BENCH_MASKS, bench_masks
-from cardigan.model import ConvEncoder, ModelConfig, SPADEGenerator, one_hot
+from cardigan.data.masks import BENCH_MASKS, bench_masks
+from cardigan.gan.encoder import ConvEncoder
+from cardigan.gan.generator import SPADEGenerator
+from cardigan.gan.layers import one_hot
+from cardigan.gan.model_config import ModelConfig
 
 
 def run(G, E, seg, images, k: int):
@@ -40,7 +43,7 @@ def main() -> None:
     p.add_argument("--spade-hidden", type=int, default=128)
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--masks", choices=BENCH_MASKS, default="heart",
-                   help="conditioning mask (cardigan.masks.bench_masks; default heart)")
+                   help="conditioning mask (cardigan.data.masks.bench_masks; default heart)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2, help="timed runs (0: FLOPs only)")
     p.add_argument("--meta", action="store_true",

@@ -6,8 +6,8 @@ optimised path vs plain fp32.
 
 Each path runs in its own subprocess (``--repeats`` alternating runs, best kept), so peak memory
 (CUDA: max_memory_allocated; CPU: peak RSS of the process) belongs to that path alone. The
-iteration is the training loop's own: ``cardigan.train.train_step`` on the networks, optimisers
-and schedules of a ``cardigan.train_state.TrainingState``, then ``TrainingState.advance`` (lr
+iteration is the training loop's own: ``cardigan.gan.train.train_step`` on the networks, optimisers
+and schedules of a ``cardigan.gan.state.TrainingState``, then ``TrainingState.advance`` (lr
 schedules, EMA update, loss accumulation), on one fixed synthetic batch. Every setting a path
 turns on is a ``train`` config key, so training can use it too.
 
@@ -33,13 +33,15 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from cardigan.config import validate
-from cardigan.device import cpu_has_native_bf16
-from cardigan.masks import BENCH_MASKS, bench_masks
-from cardigan.model import ModelConfig, one_hot
-from cardigan.train import TrainConfig, _autocast, loss_columns, train_step
-from cardigan.train_log import LossLogger
-from cardigan.train_state import Plan, TrainingState
+from cardigan.core.config import validate
+from cardigan.core.device import cpu_has_native_bf16
+from cardigan.data.masks import BENCH_MASKS, bench_masks
+from cardigan.gan.layers import one_hot
+from cardigan.gan.model_config import ModelConfig
+from cardigan.gan.state import Plan, TrainingState
+from cardigan.gan.train import _autocast, loss_columns, train_step
+from cardigan.gan.train_config import TrainConfig
+from cardigan.gan.train_log import LossLogger
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ class Iteration:
 
 def synthetic_batch(cfg: ModelConfig, batch: int, device: torch.device, masks: str = "heart",
                     seed: int = 0):
-    """Masks of ``cardigan.masks.bench_masks`` and random images in [-1, 1]."""
+    """Masks of ``cardigan.data.masks.bench_masks`` and random images in [-1, 1]."""
     gen = torch.Generator().manual_seed(seed)
     mask = torch.from_numpy(bench_masks(masks, batch, cfg.image_size, seed)).long()
     real = torch.rand(batch, 1, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1
@@ -205,7 +207,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     p.add_argument("--label-nc", type=int, default=4)
     p.add_argument("--masks", choices=BENCH_MASKS, default="heart",
-                   help="conditioning masks (cardigan.masks.bench_masks; default heart)")
+                   help="conditioning masks (cardigan.data.masks.bench_masks; default heart)")
     p.add_argument("--spade-hidden", type=int, default=128)
     p.add_argument("--num-D", type=int, default=2)
     p.add_argument("--n-layers-D", type=int, default=4)

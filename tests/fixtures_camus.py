@@ -97,7 +97,7 @@ def write_mhd2019(root: Path, n_train: int = 9, n_test: int = 3, withheld=(), vi
     return root
 
 
-def write_seed_h5(path: Path, groups: dict[str, int], trailing_axis: bool = False,
+def write_legacy_h5(path: Path, groups: dict[str, int], trailing_axis: bool = False,
                   size: int = 32, views=("2CH", "4CH")) -> Path:
     """Seed layout with ``groups[split]`` patients per split, numbered from 1 in every group."""
     offsets = {"train": 0, "valid": 3, "test": 6}

@@ -9,7 +9,7 @@ import torch
 from scipy import ndimage
 from train_fixtures import field_images
 
-from cardigan.appearance import (
+from cardigan.gan.appearance import (
     FIELD_LEVEL,
     GREY_KEY,
     SPECKLE_KEY,

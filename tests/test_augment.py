@@ -5,10 +5,17 @@ import json
 import numpy as np
 import pytest
 
-from cardigan.augment import (AreaRanges, AugmentConfig, DeformStats, check_plausible,
-                              deform_mask, deformed_variant, draw_params, item_seed, params_json,
-                              topology)
-from cardigan.masks import toy_heart_mask
+from cardigan.data.masks import toy_heart_mask
+from cardigan.data.plausibility import AreaRanges, check_plausible, topology
+from cardigan.synth.deform import (
+    AugmentConfig,
+    DeformStats,
+    deform_mask,
+    deformed_variant,
+    draw_params,
+    item_seed,
+    params_json,
+)
 
 SIZE = 64
 IDENTITY = {"rotation_deg": 0.0, "scale": 1.0, "translation": [0.0, 0.0], "elastic_alpha": 0.0,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cardigan.checkpoint import (
+from cardigan.gan.checkpoint import (
     REQUIRED_KEYS,
     STATE_FORMAT,
     CheckpointError,
@@ -20,7 +20,7 @@ from cardigan.checkpoint import (
     restore_rng,
     save_state,
 )
-from cardigan.model import ModelConfig
+from cardigan.gan.model_config import ModelConfig
 
 
 def _draws() -> tuple:

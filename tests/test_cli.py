@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from workflow_helpers import REPO, TINY, completed_run
 
 from cardigan.cli import main
-from workflow_helpers import REPO, TINY, completed_run
 
 
 def _merged_tiny_config(dest: Path) -> Path:
@@ -104,3 +104,53 @@ def test_sample_cli_matches_the_workflow(tmp_path_factory, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert out.read_bytes() == (run / "results/sample/samples.h5").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tmp_path_factory):
+    import torch
+
+    from cardigan.gan.generator_file import save_generator
+    from cardigan.gan.model import build_models
+    from cardigan.gan.model_config import ModelConfig
+
+    path = tmp_path_factory.mktemp("gen") / "generator.pt"
+    cfg = ModelConfig(image_size=64, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2, use_vae=False,
+                      texture_noise=False)
+    torch.manual_seed(0)
+    save_generator(path, build_models(cfg)[0], cfg)
+    return path
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("blank", "blank.png (blank unknown unknown): the mask is all background"),
+    ("corrupt", "corrupt.png: not a readable PNG image"),
+    ("truncated", "truncated.png: not a readable PNG image"),
+])
+def test_sample_masks_refuses_a_bad_mask_file_and_writes_nothing(tiny_generator, tmp_path, bad,
+                                                                  message):
+    import numpy as np
+    from PIL import Image
+
+    from cardigan.data.masks import toy_heart_mask
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    Image.fromarray(toy_heart_mask(64)).save(masks / "good.png")
+    if bad == "blank":
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(masks / "blank.png")
+    elif bad == "corrupt":
+        (masks / "corrupt.png").write_bytes(b"this is not a PNG")
+    else:
+        data = (masks / "good.png").read_bytes()
+        (masks / "truncated.png").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out" / "samples.h5"
+    proc = cardigan("sample", "--generator", str(tiny_generator), "--masks", str(masks),
+                    "--out", str(out), "--styles", "1", "--augment", "0",
+                    "--set", "sample.grey_levels=none", "--set", "sample.speckle=none",
+                    cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (error,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("cardigan sample: error:")]
+    assert message in error and error.endswith(proc.stderr.strip().splitlines()[-1]), proc.stderr
+    assert ".cxx" not in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists() and not out.parent.exists()

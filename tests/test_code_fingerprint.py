@@ -6,8 +6,14 @@ import os
 import shutil
 from pathlib import Path
 
-from cardigan.code_fingerprint import _fingerprint, differing_files, module_closure, package_root
-from cardigan.train import TrainConfig, fingerprinted_settings
+from cardigan.core.code_fingerprint import (
+    _fingerprint,
+    differing_files,
+    module_closure,
+    package_root,
+)
+from cardigan.gan.fingerprint import fingerprinted_settings
+from cardigan.gan.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "workflow" / "scripts"
@@ -21,23 +27,28 @@ def _closure(stage: str) -> set[str]:
 def test_each_stage_reaches_the_modules_it_runs_and_no_others():
     closures = {s.stem: _closure(s.stem) for s in SCRIPTS.glob("*.py")}
     assert len(closures) == 8, sorted(closures)
-    assert {"train.py", "model.py", "losses.py", "checkpoint.py"} <= closures["train"]
-    assert {"sample.py", "model.py", "augment.py", "masks.py"} <= closures["sample"]
-    assert {"extract.py", "camus/nifti2023.py", "camus/mhd2019.py", "resize.py"} <= closures["extract"]
+    assert {"gan/train.py", "gan/model.py", "gan/generator.py", "gan/losses.py",
+            "gan/checkpoint.py"} <= closures["train"]
+    assert {"synth/sample.py", "gan/generator.py", "synth/deform.py", "data/masks.py"} \
+        <= closures["sample"]
+    assert {"data/extract.py", "data/camus/nifti2023.py", "data/camus/mhd2019.py",
+            "data/resize.py"} <= closures["extract"]
     assert {"evaluate/stage.py", "evaluate/segmenter.py"} <= closures["evaluate"]
-    # The nnU-Net writer is rule nnunet's alone; the model is not extract's, phantom's,
-    # evaluate's or nnunet's.
-    assert [s for s, c in closures.items() if "nnunet.py" in c] == ["nnunet"]
-    assert not {"model.py"} & (closures["extract"] | closures["phantom"] | closures["evaluate"]
-                               | closures["nnunet"])
+    # The nnU-Net writer is rule nnunet's alone; the GAN is not extract's, phantom's,
+    # evaluate's or nnunet's, and no stage reaches a later one's code.
+    assert [s for s, c in closures.items() if "export/nnunet.py" in c] == ["nnunet"]
+    gan = {p for c in closures.values() for p in c if p.startswith("gan/")}
+    assert not gan & (closures["extract"] | closures["phantom"] | closures["evaluate"]
+                      | closures["nnunet"])
+    assert not {p for p in closures["train"] if p.startswith(("synth/", "export/", "evaluate/"))}
 
 
 def test_fingerprint_follows_content_not_timestamps(tmp_path):
     pkg = tmp_path / "cardigan"
     shutil.copytree(package_root(), pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    entries = ("cardigan.model",)
+    entries = ("cardigan.gan.model",)
     before = _fingerprint(entries, str(pkg))
-    model = pkg / "model.py"
+    model = pkg / "gan" / "spade.py"
     os.utime(model, (1e9, 1e9))
     _fingerprint.cache_clear()
     assert _fingerprint(entries, str(pkg)) == before
@@ -47,9 +58,9 @@ def test_fingerprint_follows_content_not_timestamps(tmp_path):
 
 
 def test_training_state_fingerprint_holds_the_model_code():
-    settings = fingerprinted_settings(TrainConfig(), 128, "0" * 64)
+    settings = fingerprinted_settings(TrainConfig.from_dict(), 128, "0" * 64)
     root = package_root()
-    assert settings["model_code"] == _fingerprint(("cardigan.model",), str(root))
+    assert settings["model_code"] == _fingerprint(("cardigan.gan.model",), str(root))
 
 
 def test_differing_files_names_edited_added_and_missing_files(tmp_path):
@@ -59,10 +70,10 @@ def test_differing_files_names_edited_added_and_missing_files(tmp_path):
     (b / "__pycache__").mkdir(exist_ok=True)
     (b / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"compiled")  # not source
     (b / "notes.txt").write_text("not package code")
-    os.utime(b / "train.py", (1e9, 1e9))  # same content
+    os.utime(b / "gan" / "train.py", (1e9, 1e9))  # same content
     assert differing_files(a, b) == []
 
-    (b / "model.py").write_text((b / "model.py").read_text() + "\n# an edit\n")
+    (b / "gan" / "model.py").write_text((b / "gan" / "model.py").read_text() + "\n# an edit\n")
     (b / "evaluate" / "extra.py").write_text("x = 1\n")
     (a / "schemas" / "config.schema.yaml").unlink()
-    assert differing_files(a, b) == ["evaluate/extra.py", "model.py", "schemas/config.schema.yaml"]
+    assert differing_files(a, b) == ["evaluate/extra.py", "gan/model.py", "schemas/config.schema.yaml"]

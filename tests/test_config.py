@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cardigan.config import ConfigError, config_hash, validate
+from cardigan.core.config import ConfigError, config_hash, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -167,3 +167,15 @@ def test_a_string_that_does_not_convert_is_refused_naming_key_value_and_type(pat
     with pytest.raises(ConfigError) as err:
         validate(patch, SCHEMA)
     assert str(err.value) == message
+
+
+def test_renamed_values_still_work_with_a_warning(caplog):
+    with caplog.at_level("WARNING", logger="cardigan"):
+        cfg = validate({"data": {"format": "seed_h5", "split": "seed"}})
+    assert cfg["data"]["format"] == "legacy_h5" and cfg["data"]["split"] == "patient_order"
+    assert "data.format: 'seed_h5' is deprecated, use 'legacy_h5'" in caplog.text
+    assert "data.split: 'seed' is deprecated, use 'patient_order'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cardigan"):
+        validate({"data": {"format": "legacy_h5", "split": "patient_order"}})
+    assert "deprecated" not in caplog.text

@@ -11,12 +11,15 @@ import torch
 from torch import nn
 from train_fixtures import write_split
 
-from cardigan.checkpoint import capture_rng, restore_rng
-from cardigan.config import validate
-from cardigan.model import ModelConfig, SPADEGenerator, one_hot, spectral_norm
-from cardigan.train import TrainConfig, _autocast, loss_columns, train, train_step
-from cardigan.train_log import LossLogger
-from cardigan.train_state import Batches, Plan, TrainingState
+from cardigan.core.config import validate
+from cardigan.gan.checkpoint import capture_rng, restore_rng
+from cardigan.gan.generator import SPADEGenerator
+from cardigan.gan.layers import one_hot, spectral_norm
+from cardigan.gan.model_config import ModelConfig
+from cardigan.gan.state import Batches, Plan, TrainingState
+from cardigan.gan.train import _autocast, loss_columns, train, train_step
+from cardigan.gan.train_config import TrainConfig
+from cardigan.gan.train_log import LossLogger
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

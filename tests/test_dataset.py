@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
-
-from cardigan.dataset import ExtractedDataset, SyntheticDataset, grouped_split
 from train_fixtures import write_split
+
+from cardigan.data.dataset import ExtractedDataset, SyntheticDataset, grouped_split
 
 N, SIZE = 10, 16
 

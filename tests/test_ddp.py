@@ -11,9 +11,12 @@ import torch
 import torch.multiprocessing as mp
 from train_fixtures import write_split
 
-from cardigan.checkpoint import load_state
-from cardigan.model import build_models
-from cardigan.train import OUTPUTS, TrainConfig, ddp_command, run_training, train
+from cardigan.gan.checkpoint import load_state
+from cardigan.gan.launch import ddp_command, run_training
+from cardigan.gan.model import build_models
+from cardigan.gan.outputs import OUTPUTS
+from cardigan.gan.train import train
+from cardigan.gan.train_config import TrainConfig
 
 TINY = dict(epochs=2, batch_size=4, ngf=4, ndf=4, spade_hidden=8, num_D=2, n_layers_D=2,
             log_every=1, checkpoint_every=2, sample_every=1, gpus=2, device="cpu",
@@ -82,11 +85,11 @@ def test_ddp_command_is_torchrun():
     cmd = ddp_command("/tmp/args.json", 4)
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--standalone" in cmd and "--nproc_per_node=4" in cmd
-    assert cmd[-4:] == ["-m", "cardigan.train", "--args", "/tmp/args.json"]
+    assert cmd[-4:] == ["-m", "cardigan.gan.launch", "--args", "/tmp/args.json"]
 
 
 def test_run_training_launches_torchrun(tmp_path, caplog):
-    """The workflow's path: run_training -> torchrun -> python -m cardigan.train, 2 processes."""
+    """The workflow's path: run_training -> torchrun -> python -m cardigan.gan.launch, 2 processes."""
     images, annos = write_split(tmp_path / "data", patients=4, size=64)
     out = tmp_path / "out"
     with caplog.at_level("INFO", logger="cardigan"):

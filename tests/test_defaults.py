@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cardigan.augment import AugmentConfig
-from cardigan.defaults import load_schema, schema_defaults
-from cardigan.extract import extract
-from cardigan.model import ModelConfig
-from cardigan.phantom import write_phantom
-from cardigan.train import TrainConfig
+from cardigan.core.defaults import load_schema, schema_defaults
+from cardigan.data.extract import extract
+from cardigan.gan.model_config import ModelConfig
+from cardigan.gan.train_config import TrainConfig
+from cardigan.phantom.write import write_phantom
+from cardigan.synth.deform import AugmentConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,6 @@ def test_config_yaml_differs_from_the_schema_only_where_a_comment_says_so():
 @pytest.mark.parametrize(
     ("cls", "section", "renamed"),
     [
-        (TrainConfig, ("train",), {}),
         (AugmentConfig, ("sample", "augment"), {}),
         (ModelConfig, ("train",), {"image_size": ("data", "image_size")}),
     ],
@@ -111,3 +110,14 @@ def test_no_stage_code_falls_back_to_its_own_default_for_a_config_key():
             if re.search(r"\.get\(\"\w+\", ", line):
                 found.append(f"{path.relative_to(ROOT)}:{n}")
     assert found == []
+
+
+def test_train_config_is_the_schema_section():
+    """TrainConfig declares no defaults of its own: built from nothing it is the schema's section,
+    in its order, and it rejects what the schema rejects."""
+    assert list(TrainConfig.from_dict().to_dict().items()) == \
+        list(schema_defaults()["train"].items())
+    with pytest.raises(ValueError, match="train.lr_G"):
+        TrainConfig.from_dict({"lr_G": "fast"})
+    with pytest.raises(ValueError, match="unknown train setting"):
+        TrainConfig.from_dict({"learning_rate": 1e-4})

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import yaml
 from snakemake.utils import update_config
-
 from workflow_helpers import REPO, TINY, clone, completed_run
 
 pytestmark = pytest.mark.slow

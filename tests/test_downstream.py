@@ -4,7 +4,6 @@ sampling from a folder of PNG masks with nothing but the trained generator file.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -22,17 +21,18 @@ from PIL import Image
 from train_fixtures import synthetic_frame, write_split
 
 import cardigan
-from cardigan.augment import AreaRanges
 from cardigan.cli import main as cli_main
-from cardigan.config import validate
-from cardigan.dataset import ExtractedDataset, SyntheticDataset, grouped_split
-from cardigan.export import run_export
-from cardigan.generation import add_arguments, run
-from cardigan.masks import load_extracted_masks
-from cardigan.model import load_generator, save_generator
-from cardigan.nnunet import write_datalist, write_nnunet
-from cardigan.sample import run_sample
-from cardigan.train import TrainConfig, train
+from cardigan.core.config import validate
+from cardigan.data.dataset import ExtractedDataset, SyntheticDataset, grouped_split
+from cardigan.data.masks import load_extracted_masks
+from cardigan.data.plausibility import AreaRanges
+from cardigan.export.nnunet import run_nnunet
+from cardigan.export.provenance import provenance
+from cardigan.export.stage import run_export
+from cardigan.gan.generator_file import load_generator, save_generator
+from cardigan.gan.train import train
+from cardigan.gan.train_config import TrainConfig
+from cardigan.synth.sample import run_sample
 
 SIZE = 64
 FOLDS = 5
@@ -70,13 +70,11 @@ def built(tmp_path_factory):
                "card": out / "dataset_card.md", "nnunet": out / "nnunet" / "Dataset007_Toy",
                "datalist": out / "datalist.json"}
     out.mkdir()
-    run_export(root / "samples.h5", generator, [train_files[0]], [train_files[1]], EXPORT,
-               {k: PROVENANCE[k] for k in ("data", "phantom", "train", "sample", "export")},
-               outputs)
+    run_export(root / "samples.h5", generator, [train_files[0]], [train_files[1]],
+               provenance(PROVENANCE), outputs)
     # what the workflow's nnunet rule does
-    write_nnunet(outputs["h5"], outputs["nnunet"], 7, "Toy", n_folds=FOLDS,
-                 test_pairs=[(test_files[0], test_files[1])])
-    write_datalist(outputs["nnunet"], outputs["datalist"])
+    run_nnunet(outputs["h5"], outputs["nnunet"], outputs["datalist"], EXPORT["nnunet"],
+               [test_files[0]], [test_files[1]])
     return root
 
 
@@ -269,24 +267,17 @@ def test_sample_from_png_masks_with_only_the_generator(built, tmp_path):
                                                     sorted(masks.iterdir())]), styles=1, augment=0)
     assert len(arrays.images) == 3
 
-    args = add_arguments(argparse.ArgumentParser()).parse_args(
-        ["--generator", str(generator), "--masks", str(masks), "--out", str(tmp_path / "o.h5"),
-         "--styles", "2", "--seed", "3", "--augment", "1", "--device", "cpu"])
-    summary = run(args)
-    assert summary["images"] == n
-    ds = SyntheticDataset(tmp_path / "o.h5")
-    assert len(ds) == n and ds[0]["source"] == "user" and ds[0]["source_patient"] == "heart0_4CH_ED"
-    with h5py.File(tmp_path / "o.h5") as f:
-        assert np.array_equal(f["images"][()], out.images)  # the function and the command agree
-        styles = [s.decode() for s in f["style"][()]]
-    # the VAE's styles come from the real training images' bank stored in generator.pt
-    assert styles == out.style_source and all(s.startswith("real:patient") for s in styles)
     # the cardigan command: `cardigan sample --generator G --masks DIR --out OUT`
     assert cli_main(["sample", "--generator", str(generator), "--masks", str(masks), "--out",
                      str(tmp_path / "cli.h5"), "--styles", "2", "--augment", "1",
                      "--set", "sample.seed=3", "--set", "sample.device=cpu"]) == 0
+    ds = SyntheticDataset(tmp_path / "cli.h5")
+    assert len(ds) == n and ds[0]["source"] == "user" and ds[0]["source_patient"] == "heart0_4CH_ED"
     with h5py.File(tmp_path / "cli.h5") as f:
-        assert np.array_equal(f["images"][()], out.images)
+        assert np.array_equal(f["images"][()], out.images)  # the function and the command agree
+        styles = [s.decode() for s in f["style"][()]]
+    # the VAE's styles come from the real training images' bank stored in generator.pt
+    assert styles == out.style_source and all(s.startswith("real:patient") for s in styles)
     assert cli_main(["sample", "--styles", "2"]) == 1  # --styles goes with --masks
 
 

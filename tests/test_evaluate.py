@@ -8,10 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from cardigan.dataio import image_key, mask_key, split_paths
-from cardigan.evaluate import run_evaluate
-from cardigan.evaluate import features
-from cardigan.labels import STRUCTURES
+from cardigan.core.labels import STRUCTURES
+from cardigan.data.frames import image_key, mask_key, split_paths
+from cardigan.evaluate import features, run_evaluate
 
 SIZE = 32
 CFG = dict(enabled=True, settings=["real", "synthetic", "mixed"], iterations=3, batch_size=2,

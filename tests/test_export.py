@@ -12,12 +12,15 @@ import SimpleITK as sitk
 import torch
 import yaml
 
-from cardigan.config import config_hash, validate
-from cardigan.export import run_export
-from cardigan.masks import toy_heart_mask
-from cardigan.model import ModelConfig, build_models, save_generator
-from cardigan.nnunet import check_nnunet_dataset, write_datalist, write_nnunet
-from cardigan.sample import run_sample
+from cardigan.core.config import config_hash, validate
+from cardigan.data.masks import toy_heart_mask
+from cardigan.export.nnunet import check_nnunet_dataset, run_nnunet
+from cardigan.export.provenance import provenance
+from cardigan.export.stage import run_export
+from cardigan.gan.generator_file import save_generator
+from cardigan.gan.model import build_models
+from cardigan.gan.model_config import ModelConfig
+from cardigan.synth.sample import run_sample
 
 SIZE = 64
 N_PATIENTS = 3
@@ -31,7 +34,7 @@ _CONFIG = validate({"data": {"views": ["4CH"], "image_size": SIZE}, "phantom": {
                                            "elastic_sigma": 8.0}},
                     "export": {"formats": ["h5", "nnunet"], "include_real": True,
                                "nnunet": {"dataset_id": 7, "name": "Toy", "folds": 3}}})
-PROVENANCE = {k: _CONFIG[k] for k in ("data", "phantom", "train", "sample", "export")}
+PROVENANCE = provenance(_CONFIG)
 EXPORT = _CONFIG["export"]
 
 
@@ -66,11 +69,10 @@ def export(inputs, root, **kw):
     cfg = {**EXPORT, **kw}
     out = outputs(root)
     counts = run_export(inputs / "samples.h5", inputs / "g.pt", [inputs / "train_4CH.h5"],
-                        [inputs / "anno_train_4CH.h5"], cfg, PROVENANCE, out)
+                        [inputs / "anno_train_4CH.h5"], provenance({**_CONFIG, "export": cfg}),
+                        out)
     if "nnunet" in cfg["formats"]:  # the workflow's nnunet rule
-        write_nnunet(out["h5"], out["nnunet"], cfg["nnunet"]["dataset_id"], cfg["nnunet"]["name"],
-                     n_folds=cfg["nnunet"]["folds"])
-        write_datalist(out["nnunet"], out["datalist"])
+        run_nnunet(out["h5"], out["nnunet"], out["datalist"], cfg["nnunet"])
     return counts
 
 
@@ -130,11 +132,11 @@ def test_preview_and_card(exported):
     assert "| real | 6 |" in card  # real images (include_real)
     assert "| real mask | 6 |" in card  # synthetic images from the real masks
     assert config_hash(PROVENANCE) in card
-    assert "**left atrium** (label 3)" in card and "nnunet/Dataset007_Toy" in card
+    assert "**left atrium** (label 3)" in card and "nnunet/Dataset<id>_<name>/" in card
 
 
 def test_preview_shows_each_mask_with_its_styles():
-    from cardigan.export import preview_rows
+    from cardigan.export.preview import preview_rows
 
     pairs = [(m, 0) for m in range(10) for _ in range(2)]  # 10 masks, 2 styles each
     rows = preview_rows(pairs, 8)
@@ -188,8 +190,9 @@ def test_nnunet_checker_catches_problems(exported, tmp_path):
 def test_h5_only_without_real(inputs, tmp_path):
     out = outputs(tmp_path)
     counts = run_export(inputs / "samples.h5", inputs / "g.pt", [inputs / "train_4CH.h5"],
-                        [inputs / "anno_train_4CH.h5"], {"formats": ["h5"], "include_real": False},
-                        PROVENANCE, {k: v for k, v in out.items() if k != "nnunet"})
+                        [inputs / "anno_train_4CH.h5"],
+                        provenance({**_CONFIG, "export": {**EXPORT, "include_real": False}}),
+                        {k: v for k, v in out.items() if k != "nnunet"})
     assert counts["real"] == 0
     assert not (tmp_path / "nnunet").exists()
     with h5py.File(out["h5"]) as f:
@@ -204,7 +207,7 @@ def test_samples_from_another_generator(inputs, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="re-run the sample stage"):
         run_export(inputs / "samples.h5", other, [inputs / "train_4CH.h5"],
-                   [inputs / "anno_train_4CH.h5"], EXPORT, PROVENANCE, outputs(out))
+                   [inputs / "anno_train_4CH.h5"], PROVENANCE, outputs(out))
     assert not out.exists() or not any(out.rglob("*.h5"))
 
 

@@ -9,10 +9,10 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures_camus import SPACING, write_legacy_h5, write_mhd2019, write_nifti2023, write_split
 
-from cardigan.dataio import iter_frames, load_frames, split_paths
-from cardigan.extract import METADATA_COLUMNS, extract
-from fixtures_camus import SPACING, write_mhd2019, write_nifti2023, write_seed_h5, write_split
+from cardigan.data.extract import METADATA_COLUMNS, extract
+from cardigan.data.frames import iter_frames, load_frames, split_paths
 
 
 def _patients(out, split, view="4CH"):
@@ -119,10 +119,10 @@ def test_mhd2019_official_withheld_and_collisions(tmp_path, caplog):
     assert np.median(diff) == 5
 
 
-@pytest.mark.parametrize("mode", ["seed", "folder"])
+@pytest.mark.parametrize("mode", ["patient_order", "folder"])
 def test_mhd2019_seed_and_folder_split_keep_collisions_apart(tmp_path, mode):
     root = write_mhd2019(tmp_path / "camus", n_train=9, n_test=3)
-    split = "seed"
+    split = "patient_order"
     if mode == "folder":
         split = str(tmp_path / "split")
         write_split(tmp_path / "split", ["testing/patient0001", "patient0001", "patient0002",
@@ -131,7 +131,7 @@ def test_mhd2019_seed_and_folder_split_keep_collisions_apart(tmp_path, mode):
     extract(root, out, image_size=16, split=split)
     everyone = [p for s in ("train", "valid", "test") for p in _patients(out, s)]
     assert len(everyone) == len(set(everyone))
-    if mode == "seed":
+    if mode == "patient_order":
         assert len(_patients(out, "train")) == 10 and _patients(out, "test") == ["patient0012"]
         assert "patient0010" in _patients(out, "train") and "patient0001" in _patients(out, "train")
     else:
@@ -142,8 +142,8 @@ def test_mhd2019_seed_and_folder_split_keep_collisions_apart(tmp_path, mode):
 
 
 @pytest.mark.parametrize("trailing", [False, True])
-def test_seed_h5_official(tmp_path, trailing):
-    path = write_seed_h5(tmp_path / "dataset_camus.h5", {"train": 3, "valid": 1, "test": 2},
+def test_legacy_h5_official(tmp_path, trailing):
+    path = write_legacy_h5(tmp_path / "dataset_camus.h5", {"train": 3, "valid": 1, "test": 2},
                          trailing_axis=trailing)
     out = tmp_path / "data"
     extract(path, out, views=["2CH", "4CH"], image_size=16)
@@ -155,7 +155,7 @@ def test_seed_h5_official(tmp_path, trailing):
         assert ds.shape == (16, 16) and ds.dtype == np.uint8
         assert tuple(ds.attrs["original_size"]) == (60, 40)
     meta = pd.read_csv(out / "metadata.csv")
-    assert meta.source_format.unique().tolist() == ["seed_h5"]
+    assert meta.source_format.unique().tolist() == ["legacy_h5"]
     assert meta.set_index(["patient", "view", "instant"]).loc[
         ("patient0005", "4CH", "ES"), "source_file"] == "dataset_camus.h5:/test/patient0001/4CH/im[1]"
 

@@ -10,10 +10,10 @@ import h5py
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from fixtures_camus import write_legacy_h5, write_mhd2019, write_nifti2023, write_split
 
-from cardigan.camus import CamusError
-from cardigan.extract import extract
-from fixtures_camus import write_mhd2019, write_nifti2023, write_seed_h5, write_split
+from cardigan.data.camus import CamusError
+from cardigan.data.extract import extract
 
 PATIENT = Path("database_nifti/patient0002")
 
@@ -97,7 +97,7 @@ def test_image_mask_size_mismatch(nifti, tmp_path):
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_nan_or_inf_in_seed_image(tmp_path, bad):
-    path = write_seed_h5(tmp_path / "seed.h5", {"train": 2, "valid": 1, "test": 1})
+    path = write_legacy_h5(tmp_path / "seed.h5", {"train": 2, "valid": 1, "test": 1})
     with h5py.File(path, "r+") as f:
         im = f["train/patient0002/4CH/im"]
         data = im[()]

@@ -22,8 +22,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from workflow_helpers import TINY, clone, edit_tiny, completed_run, planned_jobs, sha256, snakemake, tree_hashes
+from workflow_helpers import (
+    TINY,
+    clone,
+    completed_run,
+    edit_tiny,
+    planned_jobs,
+    sha256,
+    snakemake,
+    tree_hashes,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cardigan.config import ConfigError
-from cardigan.losses import (
+from cardigan.core.config import ConfigError
+from cardigan.gan.layers import one_hot
+from cardigan.gan.losses import (
     VGGPerceptualLoss,
     discriminate,
     discriminator_losses,
@@ -17,7 +18,8 @@ from cardigan.losses import (
     kl_loss,
     vgg19_features,
 )
-from cardigan.model import ModelConfig, build_models, one_hot
+from cardigan.gan.model import build_models
+from cardigan.gan.model_config import ModelConfig
 
 t = torch.tensor
 

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
+from cardigan.core.labels import STRUCTURES
 from cardigan.evaluate import features, metrics
-from cardigan.labels import STRUCTURES
 
 STRUCTS = list(STRUCTURES)
 

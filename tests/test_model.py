@@ -9,19 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from cardigan.model import (
-    GENERATOR_FORMAT,
-    ConvEncoder,
-    ModelConfig,
-    MultiscaleDiscriminator,
-    NLayerDiscriminator,
-    SPADEGenerator,
-    build_models,
-    load_generator,
-    one_hot,
-    reparameterize,
-    save_generator,
-)
+from cardigan.gan.discriminator import MultiscaleDiscriminator, NLayerDiscriminator
+from cardigan.gan.encoder import ConvEncoder, reparameterize
+from cardigan.gan.generator import SPADEGenerator
+from cardigan.gan.generator_file import GENERATOR_FORMAT, load_generator, save_generator
+from cardigan.gan.layers import one_hot
+from cardigan.gan.model import build_models
+from cardigan.gan.model_config import ModelConfig
 
 SMALL = dict(ngf=4, ndf=4, spade_hidden=8, n_layers_D=2, z_dim=8, use_vae=False, texture_noise=False)
 
@@ -64,14 +58,14 @@ def test_config_from_train_config_picks_model_fields():
 @pytest.mark.parametrize(
     "kw, match",
     [
-        (dict(image_size=100), r"image_size 100 is not divisible by 2\*\*5 = 32"),
+        (dict(image_size=100), r"image_size: 100 is not divisible by 2\*\*5 = 32"),
         (dict(image_size=32), "1x1 start map"),
         (dict(image_size=128, num_upsampling_layers="more"), None),
         (dict(image_size=128, num_upsampling_layers="most"), "1x1 start map"),
-        (dict(num_upsampling_layers="many"), "num_upsampling_layers must be one of"),
-        (dict(norm_G="group"), "norm_G must be one of"),
-        (dict(ngf=0), "ngf must be a positive integer"),
-        (dict(label_nc=1), "label_nc must be >= 2"),
+        (dict(num_upsampling_layers="many"), "num_upsampling_layers: 'many' is not one of"),
+        (dict(norm_G="group"), "norm_G: 'group' is not one of"),
+        (dict(ngf=0), "train.ngf: 0 is less than the minimum of 1"),
+        (dict(label_nc=1), "train.label_nc: 1 is less than the minimum of 2"),
     ],
 )
 def test_config_validation(kw, match):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cardigan import phantom
 from cardigan.cli import main as cli_main
-from cardigan.phantom import split_counts, write_phantom
+from cardigan.phantom import write as phantom
+from cardigan.phantom.write import split_counts, write_phantom
 
 VIEWS = ("2CH", "4CH")
 CFG_KEYS = ["ED", "ES", "NbFrame", "Sex", "Age", "ImageQuality", "EF", "FrameRate"]
@@ -148,7 +148,7 @@ def test_info_cfg_and_sequences(full):
 
 def test_views_differ_right_heart_only_in_4ch():
     """2CH has no right heart: the 4CH tissue map has right-heart blood beside the septum."""
-    from cardigan.heart_model import RBLOOD, tissue_map
+    from cardigan.phantom.heart import RBLOOD, tissue_map
 
     for i in range(4):
         p = phantom.draw_patient(0, i)
@@ -357,8 +357,8 @@ def test_wall_dropout_fades_a_segment():
     """
     from scipy import ndimage
 
-    from cardigan.echo_imaging import Imager
-    from cardigan.heart_model import lv_axes
+    from cardigan.phantom.heart import lv_axes
+    from cardigan.phantom.imaging import Imager
 
     found = None
     for i in range(30):
@@ -388,7 +388,7 @@ def test_wall_dropout_fades_a_segment():
 
 
 def test_split_sizes_can_be_chosen():
-    from cardigan.phantom import split_counts
+    from cardigan.phantom.write import split_counts
 
     assert split_counts(50) == (40, 5, 5)  # CAMUS-like 80/10/10 by default
     assert split_counts(65, 5, 20) == (40, 5, 20)

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from cardigan.camus import (
-    READERS, CamusError, assign, detect_format, frame_info, seed_counts, unique_names,
-)
-from cardigan.camus.imageio import read_frame
 from fixtures_camus import (
-    SPACING, make_frame, write_cfg, write_mhd2019, write_nifti2023, write_seed_h5,
+    SPACING,
+    make_frame,
+    write_cfg,
+    write_legacy_h5,
+    write_mhd2019,
+    write_nifti2023,
 )
+
+from cardigan.data.camus import (
+    READERS,
+    CamusError,
+    assign,
+    detect_format,
+    frame_info,
+    patient_order_counts,
+    unique_names,
+)
+from cardigan.data.camus.imageio import read_frame
 
 
 def test_detect_each_form(tmp_path):
     assert detect_format(write_nifti2023(tmp_path / "a", n=1, split=(1, 0, 0))) == "nifti2023"
     assert detect_format(write_mhd2019(tmp_path / "b", 1, 0)) == "mhd2019"
-    assert detect_format(write_seed_h5(tmp_path / "c.h5", {"train": 1})) == "seed_h5"
+    assert detect_format(write_legacy_h5(tmp_path / "c.h5", {"train": 1})) == "legacy_h5"
     (tmp_path / "d").mkdir()
     with pytest.raises(CamusError, match="cannot tell the CAMUS form"):
         detect_format(tmp_path / "d")
@@ -101,12 +112,12 @@ def test_unique_names_rules():
 
 
 @pytest.mark.parametrize("trailing", [False, True])
-def test_seed_h5_reader(tmp_path, trailing):
-    path = write_seed_h5(tmp_path / "s.h5", {"train": 2, "test": 1}, trailing_axis=trailing)
-    scan = READERS["seed_h5"].scan(path)
+def test_legacy_h5_reader(tmp_path, trailing):
+    path = write_legacy_h5(tmp_path / "s.h5", {"train": 2, "test": 1}, trailing_axis=trailing)
+    scan = READERS["legacy_h5"].scan(path)
     assert [(p.name, p.official_split) for p in scan.patients] == [
         ("patient0001", "train"), ("patient0002", "train"), ("patient0003", "test")]
-    frames = READERS["seed_h5"].read_patient(str(path), scan.patients[2], ("4CH",), ("ES",))
+    frames = READERS["legacy_h5"].read_patient(str(path), scan.patients[2], ("4CH",), ("ES",))
     (es,) = frames
     expected_image, expected_mask = make_frame(32, 32, 10 + 6, es=True)
     assert es.image.dtype == np.uint8 and es.image.shape == (32, 32)
@@ -116,10 +127,10 @@ def test_seed_h5_reader(tmp_path, trailing):
     assert np.isnan(es.spacing).all()
 
 
-def test_seed_counts_and_assign(tmp_path):
-    assert seed_counts(500) == (400, 50, 50)
-    assert seed_counts(12) == (10, 1, 1)
-    assert seed_counts(2) == (2, 0, 0)
+def test_patient_order_counts_and_assign(tmp_path):
+    assert patient_order_counts(500) == (400, 50, 50)
+    assert patient_order_counts(12) == (10, 1, 1)
+    assert patient_order_counts(2) == (2, 0, 0)
     scan = READERS["mhd2019"].scan(write_mhd2019(tmp_path, 9, 3))
-    seed = assign(scan, "seed")
+    seed = assign(scan, "patient_order")
     assert list(seed.values()) == ["train"] * 10 + ["valid", "test"]

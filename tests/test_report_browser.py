@@ -7,7 +7,6 @@ import os
 
 import pytest
 from PIL import Image
-
 from report_browser import chromium, click_through
 from workflow_helpers import clone, completed_run, snakemake
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from workflow_helpers import completed_run, copy_workflow, read_manifest, snakemake, tree_hashes
 
 pytestmark = pytest.mark.slow

@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from workflow_helpers import clone, completed_run, edit_tiny, planned_jobs, snakemake, tree_hashes
 
-from cardigan.code_fingerprint import package_root
-from workflow_helpers import clone, edit_tiny, completed_run, planned_jobs, snakemake, tree_hashes
+from cardigan.core.code_fingerprint import package_root
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +44,13 @@ def test_complete_run_has_nothing_to_do(run, tmp_path):
         ("train", "lr_G", 0.0003, {"train"} | AFTER_TRAIN),
         ("data", "image_size", 32, {"extract", "train"} | AFTER_TRAIN),
         ("evaluate", "iterations", 10, {"evaluate", "manifest"}),
+        # the nnU-Net export is its own rule: synthetic.h5 (and so evaluate) stays
+        ("export", "nnunet", {"dataset_id": 8}, {"nnunet", "manifest"}),
+        ("export", "formats", ["h5"], {"manifest"}),
+        ("export", "include_real", True, {"export", "nnunet", "evaluate", "manifest"}),
     ],
-    ids=["sample-setting", "train-setting", "image-size", "evaluate-setting"],
+    ids=["sample-setting", "train-setting", "image-size", "evaluate-setting", "nnunet-setting",
+         "nnunet-format-off", "export-setting"],
 )
 def test_setting_reruns_exactly_its_stage_and_after(run, tmp_path, section, key, value, expected):
     work = clone(run, tmp_path / "run")

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from train_fixtures import field_images
 
-from cardigan.appearance import FIELD_LEVEL, Appearance
-from cardigan.masks import MaskError, load_user_masks, toy_heart_mask
-from cardigan.model import ModelConfig, build_models, save_generator
-from cardigan.sample import run_sample
+from cardigan.data.masks import MaskError, load_user_masks, toy_heart_mask
+from cardigan.gan.appearance import FIELD_LEVEL, Appearance
+from cardigan.gan.generator_file import save_generator
+from cardigan.gan.model import build_models
+from cardigan.gan.model_config import ModelConfig
+from cardigan.synth.sample import run_sample
 
 SIZE = 64
 

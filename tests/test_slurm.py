@@ -14,7 +14,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from workflow_helpers import copy_workflow, read_manifest, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]

@@ -16,19 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
-import cardigan.model as model_mod
-from cardigan.masks import bench_masks
-from cardigan.model import (
-    LRELU_SLOPE,
-    ModelConfig,
-    SpectralNormFP32,
-    SPADEGenerator,
-    build_models,
-    convert_legacy_state_dict,
-    load_generator,
-    one_hot,
-    spectral_norm,
-)
+import cardigan.gan.spade as spade_mod
+from cardigan.data.masks import bench_masks
+from cardigan.gan.generator import SPADEGenerator
+from cardigan.gan.generator_file import convert_legacy_state_dict, load_generator
+from cardigan.gan.layers import INIT_GAIN, LRELU_SLOPE, SpectralNormFP32, one_hot, spectral_norm
+from cardigan.gan.model import build_models
+from cardigan.gan.model_config import ModelConfig
 
 SMALL = dict(image_size=64, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2, z_dim=8, use_vae=False,
              texture_noise=False)
@@ -36,7 +30,7 @@ SMALL = dict(image_size=64, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2, z_dim=8,
 
 def _conv(cin, cout, k, bias=True, sn=False):
     layer = nn.Conv2d(cin, cout, k, 1, k // 2, bias=bias)
-    nn.init.xavier_normal_(layer.weight, gain=model_mod.INIT_GAIN)
+    nn.init.xavier_normal_(layer.weight, gain=INIT_GAIN)
     if bias:
         nn.init.zeros_(layer.bias)
     return torch_spectral_norm(layer) if sn else layer
@@ -82,7 +76,7 @@ class ReferenceGenerator(nn.Module):
         self.cfg, nf, s = cfg, cfg.ngf, cfg.start_size
         if cfg.use_vae:
             self.fc = nn.Linear(cfg.z_dim, 16 * nf * s * s)
-            nn.init.xavier_normal_(self.fc.weight, gain=model_mod.INIT_GAIN)
+            nn.init.xavier_normal_(self.fc.weight, gain=INIT_GAIN)
             nn.init.zeros_(self.fc.bias)
         else:
             self.fc = _conv(cfg.label_nc, 16 * nf, 3)
@@ -276,11 +270,11 @@ def test_models_use_the_fp32_spectral_norm():
 # SPADE inside one-label regions (the CPU path): the same function as the dense convs
 # --------------------------------------------------------------------------------------------
 def test_mask_sites_are_the_pixels_whose_window_is_not_one_label(monkeypatch):
-    monkeypatch.setattr(model_mod, "SPARSE_MAX_SHARE", 1.0)  # a small mask is mostly edges
+    monkeypatch.setattr(spade_mod, "SPARSE_MAX_SHARE", 1.0)  # a small mask is mostly edges
     mask = torch.zeros(1, 20, 24, dtype=torch.long)
     mask[0, 6:14, 5:15] = 1
     mask[0, 9:11, 9:11] = 3
-    sites = model_mod.mask_sites(one_hot(mask, 4))
+    sites = spade_mod.mask_sites(one_hot(mask, 4))
     assert sites is not None and sites.shape == (1, 20, 24)
     got = {(int(p) // 24, int(p) % 24) for p in sites.pixel}
     padded = F.pad(mask[0], (2, 2, 2, 2), value=-1)  # outside the image counts as an edge
@@ -295,13 +289,13 @@ def test_mask_sites_are_the_pixels_whose_window_is_not_one_label(monkeypatch):
 
 def test_mask_sites_leave_small_and_mostly_edge_masks_to_the_dense_convs(monkeypatch):
     gen = torch.Generator().manual_seed(0)
-    assert model_mod.mask_sites(one_hot(torch.zeros(2, 8, 8, dtype=torch.long), 4)) is None
+    assert spade_mod.mask_sites(one_hot(torch.zeros(2, 8, 8, dtype=torch.long), 4)) is None
     speckled = torch.randint(0, 4, (2, 32, 32), generator=gen)  # every pixel near an edge
-    assert model_mod.mask_sites(one_hot(speckled, 4)) is None
+    assert spade_mod.mask_sites(one_hot(speckled, 4)) is None
     heart = one_hot(torch.from_numpy(bench_masks("heart", 2, 128)).long(), 4)
-    assert model_mod.mask_sites(heart) is not None
-    monkeypatch.setattr(model_mod, "SPARSE_SPADE", False)
-    assert model_mod.mask_sites(heart) is None
+    assert spade_mod.mask_sites(heart) is not None
+    monkeypatch.setattr(spade_mod, "SPARSE_SPADE", False)
+    assert spade_mod.mask_sites(heart) is None
 
 
 @pytest.mark.parametrize("kw", [dict(use_vae=True, texture_noise=True),
@@ -310,7 +304,7 @@ def test_sparse_spade_is_the_dense_function(kw, monkeypatch):
     """Outputs and every gradient agree to double-precision rounding, including a mask with a
     soft (not one-hot) patch, whose pixels must take the convolution. Every side from 16 px
     takes the sparse path here (at the default share only the largest would)."""
-    monkeypatch.setattr(model_mod, "SPARSE_MAX_SHARE", 1.0)
+    monkeypatch.setattr(spade_mod, "SPARSE_MAX_SHARE", 1.0)
     cfg = ModelConfig(**{**SMALL, **kw})
     torch.manual_seed(0)
     gen = SPADEGenerator(cfg).double().eval()
@@ -321,7 +315,7 @@ def test_sparse_spade_is_the_dense_function(kw, monkeypatch):
     seg[1, :, 30:36, 20:26] = 0.25
     z = torch.randn(3, 8, dtype=torch.double) if cfg.use_vae else None
     noise = torch.randn(3, 1, 64, 64, dtype=torch.double) if cfg.texture_noise else None
-    assert model_mod.mask_sites(seg) is not None
+    assert spade_mod.mask_sites(seg) is not None
 
     def run():
         out = gen(seg, z, noise)
@@ -331,7 +325,7 @@ def test_sparse_spade_is_the_dense_function(kw, monkeypatch):
         return out.detach(), grads
 
     sparse_out, sparse_grads = run()
-    monkeypatch.setattr(model_mod, "SPARSE_SPADE", False)
+    monkeypatch.setattr(spade_mod, "SPARSE_SPADE", False)
     dense_out, dense_grads = run()
     torch.testing.assert_close(sparse_out, dense_out, rtol=1e-9, atol=1e-12)
     assert sparse_grads.keys() == dense_grads.keys()

@@ -7,9 +7,13 @@ import pytest
 import torch
 from train_fixtures import field_images, write_split
 
-from cardigan.model import ModelConfig, SPADEGenerator, build_models, load_generator, one_hot
-from cardigan.appearance import Appearance, GreyLevels, Speckle
-from cardigan.styles import (
+from cardigan.gan.appearance import Appearance, GreyLevels, Speckle
+from cardigan.gan.generator import SPADEGenerator
+from cardigan.gan.generator_file import load_generator
+from cardigan.gan.layers import one_hot
+from cardigan.gan.model import build_models
+from cardigan.gan.model_config import ModelConfig
+from cardigan.gan.styles import (
     BANK_KEY,
     StyleBank,
     draw_styles,
@@ -17,7 +21,8 @@ from cardigan.styles import (
     encode_bank,
     is_multimodal,
 )
-from cardigan.train import TrainConfig, train
+from cardigan.gan.train import train
+from cardigan.gan.train_config import TrainConfig
 
 SIZE = 64
 BASE = dict(image_size=SIZE, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2, z_dim=6, use_vae=False,
@@ -43,7 +48,7 @@ def masks(n: int) -> torch.Tensor:
 
 
 def test_config_refuses_two_style_inputs():
-    with pytest.raises(ValueError, match="use_vae and noise_dim"):
+    with pytest.raises(ValueError, match="train.use_vae and train.noise_dim"):
         ModelConfig(**{**BASE, "use_vae": True, "noise_dim": 4})
     with pytest.raises(ValueError, match="noise_dim"):
         ModelConfig(**{**BASE, "noise_dim": -1})

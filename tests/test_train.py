@@ -13,19 +13,17 @@ import pytest
 import torch
 from train_fixtures import write_split
 
-import cardigan.train as train_mod
-from cardigan.checkpoint import STATE_NAME, CheckpointError, fingerprint_dir, load_state
-from cardigan.config import config_hash
-from cardigan.model import ModelConfig, load_generator
-from cardigan.train import (
-    OUTPUTS,
-    TrainConfig,
-    ema_decay_at,
-    ema_update,
-    epoch_order,
-    lr_factor,
-    train,
-)
+import cardigan.gan.train as train_mod
+from cardigan.core.config import config_hash
+from cardigan.gan.checkpoint import STATE_NAME, CheckpointError, fingerprint_dir, load_state
+from cardigan.gan.fingerprint import fingerprinted_settings
+from cardigan.gan.generator_file import load_generator
+from cardigan.gan.model_config import ModelConfig
+from cardigan.gan.outputs import OUTPUTS
+from cardigan.gan.state import ema_decay_at, ema_update, epoch_order, lr_factor
+from cardigan.gan.train import train
+from cardigan.gan.train_config import TrainConfig
+from cardigan.gan.training_data import data_sha256, load_training_data
 
 TINY = dict(epochs=2, batch_size=4, ngf=4, ndf=4, spade_hidden=8, num_D=2, n_layers_D=2,
             z_dim=8, log_every=1, checkpoint_every=2, sample_every=1,
@@ -205,30 +203,30 @@ def test_changed_setting_does_not_reuse_stale_state(data, baseline, tmp_path, ca
 
 def test_fingerprint_covers_model_settings_and_data(data, tmp_path):
     cfg = TrainConfig.from_dict(TINY)
-    images, masks = train_mod.load_training_data([data[0]], [data[1]], image_size=64,
+    images, masks = load_training_data([data[0]], [data[1]], image_size=64,
                                                  label_nc=4)
-    h = train_mod.data_sha256(images, masks)
-    base = train_mod.fingerprinted_settings(cfg, 64, h)
+    h = data_sha256(images, masks)
+    base = fingerprinted_settings(cfg, 64, h)
     assert "epochs" not in base["train"] and "lambda_kld" not in base["train"]
     changed_pixel = images.copy()
     changed_pixel[0, 0, 0] ^= 1
-    assert train_mod.data_sha256(changed_pixel, masks) != h
+    assert data_sha256(changed_pixel, masks) != h
     assert base["train"]["lambda_l1"] == 10.0
     off = TrainConfig.from_dict({**TINY, "lambda_l1": 0.0})
     # off: a state trained before lambda_l1 existed keeps its fingerprint
-    assert "lambda_l1" not in train_mod.fingerprinted_settings(off, 64, h)["train"]
+    assert "lambda_l1" not in fingerprinted_settings(off, 64, h)["train"]
     for change in ({"ngf": 8}, {"seed": 1}, {"batch_size": 2}, {"ema_decay": 0.99},
                    {"lambda_l1": 5.0}):
         other = TrainConfig.from_dict({**TINY, **change})
-        assert train_mod.fingerprinted_settings(other, 64, h) != base, change
+        assert fingerprinted_settings(other, 64, h) != base, change
     for same in ({"epochs": 9}, {"log_every": 7}, {"device": "cpu"}, {"lambda_kld": 1.0}):
         other = TrainConfig.from_dict({**TINY, **same})
-        assert train_mod.fingerprinted_settings(other, 64, h) == base, same
+        assert fingerprinted_settings(other, 64, h) == base, same
     # YAML's 1 and 1.0 are the same setting
     as_int = TrainConfig.from_dict({**TINY, "lr_G": 1})
     as_float = TrainConfig.from_dict({**TINY, "lr_G": 1.0})
-    assert (train_mod.fingerprinted_settings(as_int, 64, h)
-            == train_mod.fingerprinted_settings(as_float, 64, h))
+    assert (fingerprinted_settings(as_int, 64, h)
+            == fingerprinted_settings(as_float, 64, h))
 
 
 def test_fewer_epochs_retrains_and_keeps_old_state(data, baseline, tmp_path, caplog):
@@ -307,10 +305,10 @@ def test_architecture_mismatch_refused(data, baseline, tmp_path):
               resume=a.state_path, progress=False)
     # a state whose recorded model contradicts the fingerprint folder it lies in
     other = TrainConfig.from_dict({**TINY, "label_nc": 5})
-    images, masks = train_mod.load_training_data([data[0]], [data[1]], image_size=64,
+    images, masks = load_training_data([data[0]], [data[1]], image_size=64,
                                                  label_nc=5)
-    fp = config_hash(train_mod.fingerprinted_settings(other, 64,
-                                                      train_mod.data_sha256(images, masks)))
+    fp = config_hash(fingerprinted_settings(other, 64,
+                                                      data_sha256(images, masks)))
     target = fingerprint_dir(tmp_path / "c" / "state", fp) / STATE_NAME
     target.parent.mkdir(parents=True)
     shutil.copy(a.state_path, target)

@@ -12,11 +12,12 @@ import pytest
 import torch
 from train_fixtures import write_split
 
-import cardigan.checkpoint as ckpt
-from cardigan.checkpoint import REQUIRED_KEYS, STATE_FORMAT, CheckpointError, load_state
-from cardigan.train import TrainConfig, epoch_order, loss_columns, train
-from cardigan.train_log import LossLogger
-from cardigan.train_state import Batches, Plan, TrainingState
+import cardigan.gan.checkpoint as ckpt
+from cardigan.gan.checkpoint import REQUIRED_KEYS, STATE_FORMAT, CheckpointError, load_state
+from cardigan.gan.state import Batches, Plan, TrainingState, epoch_order
+from cardigan.gan.train import loss_columns, train
+from cardigan.gan.train_config import TrainConfig
+from cardigan.gan.train_log import LossLogger
 
 TINY = dict(epochs=2, batch_size=4, ngf=4, ndf=4, spade_hidden=8, num_D=2, n_layers_D=2,
             z_dim=8, log_every=2, checkpoint_every=2, sample_every=1,
@@ -129,7 +130,7 @@ def test_live_loss_table_in_the_state_folder(data, tmp_path, caplog):
 
 
 def test_live_table_after_a_kill_holds_the_checkpoint_rows(data, tmp_path, monkeypatch):
-    import cardigan.train as train_mod
+    import cardigan.gan.train as train_mod
 
     real_step, calls = train_mod.train_step, {"n": 0}
 

@@ -14,9 +14,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-from cardigan import layout
-from cardigan.code_fingerprint import package_root
 from workflow_helpers import REPO, copy_workflow, snakemake
+
+from cardigan.core import layout
+from cardigan.core.code_fingerprint import package_root
 
 
 def hide_installed_cardigan(tmp_path: Path) -> dict[str, str]:
@@ -77,13 +78,13 @@ def test_installed_package_other_than_the_checkouts_is_refused(tmp_path):
     snakemake(work, "-n")
 
     # The copy moves on (an edit, a `git pull`) while the installed package stays behind.
-    model = work / "src" / "cardigan" / "model.py"
+    model = work / "src" / "cardigan" / "gan" / "model.py"
     model.write_text(model.read_text() + "\n# edited\n")
     proc = snakemake(work, "-n", check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert f"imports cardigan from {package_root()}" in out
-    assert "1 file(s) differ (model.py)" in out
+    assert "1 file(s) differ (gan/model.py)" in out
     assert f"pip install -e {work}" in out
 
 
@@ -91,7 +92,7 @@ def test_installed_package_of_another_version_is_a_clear_error(tmp_path):
     # An older cardigan: it lacks a name the workflow imports.
     pkg = tmp_path / "old" / "cardigan"
     shutil.copytree(package_root(), pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    fingerprint = pkg / "code_fingerprint.py"
+    fingerprint = pkg / "core" / "code_fingerprint.py"
     fingerprint.write_text(fingerprint.read_text().replace("def differing_files(", "def _gone("))
     work = copy_workflow(tmp_path / "run")
     proc = snakemake(work, "-n", env={"PYTHONPATH": str(pkg.parent)}, check=False)

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 from snakemake.utils import update_config
-
-from cardigan.config import config_hash, validate
 from workflow_helpers import REPO, TINY, clone, completed_run, read_manifest, sha256, snakemake
+
+from cardigan.core.config import config_hash, validate
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from cardigan.dataio import image_key, mask_key, split_paths
+from cardigan.data.frames import image_key, mask_key, split_paths
 
 
 def synthetic_frame(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:

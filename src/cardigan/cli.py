@@ -3,7 +3,7 @@
 Every subcommand reads ``config.yaml`` in the working directory, as the workflow does (or
 ``--config FILE``; built-in defaults when there is neither), applies ``--set section.key=value``
 overrides, validates the result like the workflow, and reads and writes the workflow's paths
-(:mod:`cardigan.layout`) unless told otherwise. A config or input mistake ends with one line
+(:mod:`cardigan.core.layout`) unless told otherwise. A config or input mistake ends with one line
 ``cardigan STAGE: error: ...`` and exit status 1. The pipeline itself is the Snakefile.
 """
 
@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, layout
-from .config import ConfigError, load_config
+from cardigan.core import layout
+from cardigan.core.config import ConfigError, load_config
+from cardigan.core.version import __version__
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -46,7 +47,7 @@ def _phantom_args(p: argparse.ArgumentParser) -> None:
 
 
 def _phantom(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
-    from .phantom import write_phantom
+    from cardigan.phantom.write import write_phantom
 
     write_phantom(a.out, threads=a.threads, sequences=a.sequences, layout=a.layout,
                   **cfg["phantom"])
@@ -54,14 +55,14 @@ def _phantom(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
 
 def _extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", nargs="?", default=None,
-                   help="CAMUS root folder or seed-layout .h5 file (default: data.camus_path, or "
+                   help="CAMUS root folder or legacy single-file .h5 (legacy_h5) (default: data.camus_path, or "
                    f"{layout.PHANTOM_DIR} when data.source is phantom)")
     p.add_argument("out_dir", nargs="?", default=layout.DATA_DIR,
                    help=f"output folder (default: {layout.DATA_DIR})")
 
 
 def _extract(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
-    from .extract import extract
+    from cardigan.data.extract import extract
 
     data = cfg["data"]
     source = a.source or (layout.PHANTOM_DIR if data["source"] == "phantom" else data["camus_path"])
@@ -87,7 +88,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
-    from .train import TrainConfig, run_training
+    from cardigan.gan.launch import run_training
+    from cardigan.gan.train_config import TrainConfig
 
     views = cfg["data"]["views"]
     run_training(images_h5=layout.extracted(["train"], views, annos=False, data_dir=a.data_dir),
@@ -111,7 +113,7 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
 
 
 def _sample(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
-    from .sample import run_sample
+    from cardigan.synth.sample import run_sample
 
     sample_cfg = dict(cfg["sample"])
     if a.masks is None:
@@ -119,19 +121,11 @@ def _sample(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
             raise ValueError("--styles and --augment go with --masks; set sample.samples_per_mask "
                              "or sample.augment.n with --set for the workflow's sampling")
     else:
-        from .generation import write_from_masks
+        from cardigan.synth.generate import sample_settings, write_from_masks
 
         if not Path(a.masks).exists():
             raise ValueError(f"--masks {a.masks} does not exist")
-
-        for name, value in (("--styles", a.styles), ("--augment", a.augment)):
-            if value is not None and value < (1 if name == "--styles" else 0):
-                raise ValueError(f"{name} must be at least {1 if name == '--styles' else 0}, "
-                                 f"got {value}")
-        if a.styles is not None:
-            sample_cfg["samples_per_mask"] = a.styles
-        if a.augment is not None:
-            sample_cfg["augment"] = {**sample_cfg["augment"], "n": a.augment}
+        sample_cfg = sample_settings(sample_cfg, styles=a.styles, augment=a.augment)
         summary = write_from_masks(a.generator, a.masks, a.out, sample_cfg, a.threads)
         print(f"{summary['images']} images from {summary['sources']} masks written to {a.out}")
         return
@@ -151,26 +145,21 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 
 def _export(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
-    from .export import run_export
+    from cardigan.export.nnunet import run_nnunet
+    from cardigan.export.provenance import provenance
+    from cardigan.export.stage import run_export
 
     views = cfg["data"]["views"]
     outputs = layout.export_outputs(cfg["export"], a.out_dir)
     Path(a.out_dir).mkdir(parents=True, exist_ok=True)
-    provenance = {k: cfg[k] for k in ("data", "phantom", "train", "sample", "export")}
     run_export(a.samples, a.generator,
                layout.extracted(["train"], views, annos=False, data_dir=a.data_dir),
                layout.extracted(["train"], views, images=False, data_dir=a.data_dir),
-               cfg["export"], provenance, outputs)
+               provenance(cfg), outputs)
     if "nnunet" in outputs:
-        from .nnunet import write_datalist, write_nnunet
-
-        nn = cfg["export"]["nnunet"]
-        test = list(zip(layout.extracted(["test"], views, annos=False, data_dir=a.data_dir),
-                        layout.extracted(["test"], views, images=False, data_dir=a.data_dir))
-                    ) if nn["test_split"] else []
-        write_nnunet(outputs["h5"], outputs["nnunet"], nn["dataset_id"], nn["name"],
-                     n_folds=nn["folds"], test_pairs=test)
-        write_datalist(outputs["nnunet"], outputs["datalist"])
+        run_nnunet(outputs["h5"], outputs["nnunet"], outputs["datalist"], cfg["export"]["nnunet"],
+                   layout.extracted(["test"], views, annos=False, data_dir=a.data_dir),
+                   layout.extracted(["test"], views, images=False, data_dir=a.data_dir))
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
@@ -180,7 +169,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
-    from .evaluate import run_evaluate
+    from cardigan.evaluate import run_evaluate
 
     out = layout.evaluate_outputs(a.out_dir)
     Path(a.out_dir).mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-# Config validation, the paths of every output (from cardigan.layout) and the helpers every rule
+# Config validation, the paths of every output (from cardigan.core.layout) and the helpers every rule
 # file uses.
 import importlib.util
 import os
@@ -23,13 +23,14 @@ if (
     )
 
 try:
-    from cardigan import layout
-    from cardigan.code_fingerprint import (
+    from cardigan.core import layout
+    from cardigan.core.code_fingerprint import (
         code_fingerprint,
         differing_files,
         package_root,
     )
-    from cardigan.config import ConfigError, config_hash, validate
+    from cardigan.core.config import ConfigError, config_hash, validate
+    from cardigan.export.provenance import provenance
 except ImportError as err:
     FOUND = importlib.util.find_spec("cardigan")
     if FOUND is None:
@@ -110,8 +111,8 @@ def uses_gpu(section):
 
 
 def provenance_config():
-    """The config sections that determine the synthetic dataset (evaluate excluded)."""
-    return {k: config[k] for k in ("data", "phantom", "train", "sample", "export")}
+    """The config that determines the synthetic dataset (not evaluate, not the nnU-Net export)."""
+    return provenance(config)
 
 
 def export_outputs():

@@ -20,16 +20,14 @@ rule export:
         "../../envs/cardigan.yaml"
     threads: 2
     params:
-        export=config["export"],
+        # export.formats and export.nnunet are rule nnunet's: adding nnunet re-runs that alone
         provenance=provenance_config(),
-        # Named in the dataset card; written by rule nnunet.
-        nnunet_dir=export_outputs().get("nnunet"),
         code=code("export"),
     script:
         "../scripts/export.py"
 
 
-# Its own rule: a change of the nnU-Net writer re-runs this alone, not evaluate.
+# Its own rule: a change of the nnU-Net writer or settings re-runs this alone, not evaluate.
 rule nnunet:
     input:
         h5=rules.export.output.h5,

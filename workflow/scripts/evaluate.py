@@ -1,5 +1,5 @@
+from cardigan.core.logs import stage_logging
 from cardigan.evaluate import run_evaluate
-from cardigan.logutil import stage_logging
 
 # the segmenter runs start worker processes (spawn), which import this file again
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-from cardigan.export import run_export
-from cardigan.logutil import stage_logging
+from cardigan.core.logs import stage_logging
+from cardigan.export.stage import run_export
 
 with stage_logging(snakemake.log[0], "export", snakemake.threads) as log:
     counts = run_export(
@@ -7,11 +7,7 @@ with stage_logging(snakemake.log[0], "export", snakemake.threads) as log:
         snakemake.input.generator,
         list(snakemake.input.real_images),
         list(snakemake.input.real_annos),
-        snakemake.params.export,
         snakemake.params.provenance,
-        {
-            **dict(snakemake.output.items()),
-            **({"nnunet": snakemake.params.nnunet_dir} if snakemake.params.nnunet_dir else {}),
-        },
+        dict(snakemake.output.items()),
     )
     log.info("exported %d synthetic and %d real samples", counts["synthetic"], counts["real"])

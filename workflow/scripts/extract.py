@@ -1,5 +1,5 @@
-from cardigan.extract import extract
-from cardigan.logutil import stage_logging
+from cardigan.core.logs import stage_logging
+from cardigan.data.extract import extract
 
 data = snakemake.params.data
 with stage_logging(snakemake.log[0], "extract", snakemake.threads) as log:

@@ -1,5 +1,5 @@
-from cardigan.logutil import stage_logging
-from cardigan.sample import run_sample
+from cardigan.core.logs import stage_logging
+from cardigan.synth.sample import run_sample
 
 with stage_logging(snakemake.log[0], "sample", snakemake.threads):
     run_sample(

@@ -1,7 +1,8 @@
 from pathlib import Path
 
-from cardigan.logutil import stage_logging
-from cardigan.train import TrainConfig, run_training
+from cardigan.core.logs import stage_logging
+from cardigan.gan.launch import run_training
+from cardigan.gan.train_config import TrainConfig
 
 with stage_logging(snakemake.log[0], "train", snakemake.threads):
     run_training(

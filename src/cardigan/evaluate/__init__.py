@@ -3,6 +3,6 @@
 Entry point :func:`run_evaluate`; docs/evaluate.md says what is measured and how.
 """
 
-from .stage import SETTINGS, run_evaluate
+from cardigan.evaluate.stage import SETTINGS, run_evaluate
 
 __all__ = ["SETTINGS", "run_evaluate"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..dataio import load_frames
+from cardigan.data.frames import load_frames
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Per-image Dice and HD95 (mm) of the evaluation structures, with MONAI's metrics.
 
-Structures come from :data:`cardigan.labels.STRUCTURES` (LV_endo = label 1, LV_epi = labels 1|2,
+Structures come from :data:`cardigan.core.labels.STRUCTURES` (LV_endo = label 1, LV_epi = labels 1|2,
 LA = label 3). HD95 is the symmetric 95th-percentile Hausdorff distance between the structure
 edges, in mm with each image's own (row, column) spacing. It is undefined (NaN) when the
 prediction or the reference is empty; :func:`summarise` then averages over the images where it is
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
-from ..labels import STRUCTURES
+from cardigan.core.labels import STRUCTURES
 
 
 def structure_masks(labels: np.ndarray) -> np.ndarray:

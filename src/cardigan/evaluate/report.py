@@ -10,15 +10,11 @@ import io
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from ..labels import STRUCTURES  # noqa: E402
-from ..plots import label_rgb  # noqa: E402
+from cardigan.core.labels import STRUCTURES
+from cardigan.core.plots import label_rgb, plt
 
 COLUMNS = ["setting", "instant", "structure", "metric", "mean", "std", "n"]
 
@@ -148,49 +144,12 @@ def _mixing_sentence(cfg: dict, settings: list[str]) -> str:
             "synthetic one otherwise (evaluate.mixed_real_fraction). ")
 
 
-def _usefulness_lines(df: pd.DataFrame, settings: list[str], structures: list[str]) -> list[str]:
-    use = df[df.metric == "usefulness_dice"]
-    if use.empty:
-        return ["Not computed: it needs the `real` setting and `synthetic` and/or `mixed`.", ""]
-    lines = ["Dice of a segmenter trained on the setting minus Dice of one trained on the real "
-             "train split, on the real test split, paired by segmenter seed (mean ± std over "
-             "seeds). Negative: the synthetic data teaches less than the real data.", "",
-             "| | " + " | ".join(structures) + " |", "|---|" + "---|" * len(structures)]
-    verdicts = []
-    for s in ("synthetic", "mixed"):
-        if s not in settings:
-            continue
-        rows = [_get(use, setting=s, structure=st) for st in structures]
-        lines.append(f"| {s} − real | " + " | ".join(
-            f"{r['mean']:+.3f} ± {r['std']:.3f}" if r is not None else "n/a" for r in rows) + " |")
-        means = [r["mean"] for r in rows if r is not None]
-        if s == "synthetic" and means:
-            ok = all(m >= -0.03 for m in means)
-            verdicts.append(f"synthetic-only within 3 Dice points of real on every structure: "
-                            f"{'yes' if ok else 'no'} (worst {min(means):+.3f})")
-        if s == "mixed" and means:
-            ok = all(m >= 0 for m in means)
-            verdicts.append(f"mixed at least as good as real on every structure: "
-                            f"{'yes' if ok else 'no'} (worst {min(means):+.3f})")
-    ratio = []
-    real_std = [_get(df, setting="real", instant="all", structure=st, metric="dice")
-                for st in structures]
-    syn_std = [_get(df, setting="synthetic", instant="all", structure=st, metric="dice")
-               for st in structures]
-    if all(r is not None for r in real_std + syn_std):
-        ratio = [b["std"] / a["std"] if a["std"] > 0 else float("inf")
-                 for a, b in zip(real_std, syn_std)]
-        verdicts.append("synthetic-only per-image Dice std at most twice real's: "
-                        f"{'yes' if max(ratio) <= 2 else 'no'} (ratios "
-                        + ", ".join(f"{st} {x:.2f}" for st, x in zip(structures, ratio)) + ")")
-    return lines + [""] + [f"- {v}" for v in verdicts] + [""]
+# One function per section of summary.md, all with the same arguments and each returning its
+# lines up to and including a closing blank line, so that summary_text only has to join them.
 
-
-def summary_text(df: pd.DataFrame, info: dict) -> str:
-    """summary.md: usefulness headline, Dice over seeds, worst images, HD95, texture, diversity,
-    label fidelity and feature distances."""
+def _intro_section(df: pd.DataFrame, info: dict) -> list[str]:
+    """Title, where the "real" images come from, and the training setup."""
     settings: list[str] = info["settings"]
-    structures = list(STRUCTURES)
     cfg = info["config"]
     seeds = info["seeds"]
     lines = ["# Evaluation: does the synthetic dataset help a segmenter on real images?", ""]
@@ -201,7 +160,7 @@ def summary_text(df: pd.DataFrame, info: dict) -> str:
             "on patients. They are not comparable with the published references below.", ""]
     else:
         lines += ["Measured on CAMUS (data.source: camus).", ""]
-    lines += [
+    return lines + [
         f"MONAI 2D U-Net (channels {list(cfg['channels'])}, strides 2), DiceCE loss, Adam lr "
         f"{cfg['lr']}, {cfg['iterations']} iterations of batch {cfg['batch_size']}, identical in "
         f"every setting, trained {len(seeds)} times (segmenter seeds {seeds}); last iterate, no "
@@ -213,16 +172,72 @@ def summary_text(df: pd.DataFrame, info: dict) -> str:
         + _mixing_sentence(cfg, settings)
         + f"Real test split: {info['n_test']} frames ({', '.join(info['instants'])}).",
         "",
-        "## Usefulness: synthetic and mixed vs real", "",
-        *_usefulness_lines(df, settings, structures),
+    ]
+
+
+def _usefulness_section(df: pd.DataFrame, info: dict) -> list[str]:
+    """The headline: Dice(setting) - Dice(real) per structure, then the yes/no verdicts."""
+    settings: list[str] = info["settings"]
+    structures = list(STRUCTURES)
+    lines = ["## Usefulness: synthetic and mixed vs real", ""]
+    use = df[df.metric == "usefulness_dice"]
+    if use.empty:
+        return lines + ["Not computed: it needs the `real` setting and `synthetic` and/or `mixed`.",
+                        ""]
+    lines += ["Dice of a segmenter trained on the setting minus Dice of one trained on the real "
+              "train split, on the real test split, paired by segmenter seed (mean ± std over "
+              "seeds). Negative: the synthetic data teaches less than the real data.", "",
+              "| | " + " | ".join(structures) + " |", "|---|" + "---|" * len(structures)]
+    for s in ("synthetic", "mixed"):
+        if s not in settings:
+            continue
+        rows = [_get(use, setting=s, structure=st) for st in structures]
+        lines.append(f"| {s} − real | " + " | ".join(
+            f"{r['mean']:+.3f} ± {r['std']:.3f}" if r is not None else "n/a" for r in rows) + " |")
+    return lines + [""] + [f"- {v}" for v in _usefulness_verdicts(df, use, settings)] + [""]
+
+
+def _usefulness_verdicts(df: pd.DataFrame, use: pd.DataFrame, settings: list[str]) -> list[str]:
+    structures = list(STRUCTURES)
+    verdicts = []
+    for s in ("synthetic", "mixed"):
+        if s not in settings:
+            continue
+        means = [r["mean"] for r in (_get(use, setting=s, structure=st) for st in structures)
+                 if r is not None]
+        if s == "synthetic" and means:
+            ok = all(m >= -0.03 for m in means)
+            verdicts.append(f"synthetic-only within 3 Dice points of real on every structure: "
+                            f"{'yes' if ok else 'no'} (worst {min(means):+.3f})")
+        if s == "mixed" and means:
+            ok = all(m >= 0 for m in means)
+            verdicts.append(f"mixed at least as good as real on every structure: "
+                            f"{'yes' if ok else 'no'} (worst {min(means):+.3f})")
+    real_std = [_get(df, setting="real", instant="all", structure=st, metric="dice")
+                for st in structures]
+    syn_std = [_get(df, setting="synthetic", instant="all", structure=st, metric="dice")
+               for st in structures]
+    if all(r is not None for r in real_std + syn_std):
+        ratio = [b["std"] / a["std"] if a["std"] > 0 else float("inf")
+                 for a, b in zip(real_std, syn_std)]
+        verdicts.append("synthetic-only per-image Dice std at most twice real's: "
+                        f"{'yes' if max(ratio) <= 2 else 'no'} (ratios "
+                        + ", ".join(f"{st} {x:.2f}" for st, x in zip(structures, ratio)) + ")")
+    return verdicts
+
+
+def _dice_table_section(df: pd.DataFrame, info: dict) -> list[str]:
+    """Our pooled Dice per setting beside the published references, and what worst.png shows."""
+    structures = list(STRUCTURES)
+    lines = [
         "## Dice on the real test split", "",
-        f"Mean over {info['n_test']} images and {len(seeds)} seeds ± std over images; in brackets "
-        "the std over seeds of the mean. ED and ES pooled; per instant in metrics.csv and "
+        f"Mean over {info['n_test']} images and {len(info['seeds'])} seeds ± std over images; in "
+        "brackets the std over seeds of the mean. ED and ES pooled; per instant in metrics.csv and "
         "dice.png, whose lower panel shows every image's Dice.", "",
         "| trained on | " + " | ".join(structures) + " |",
         "|---|" + "---|" * len(structures),
     ]
-    for s in settings:
+    for s in info["settings"]:
         cells = []
         for st in structures:
             r = _get(df, setting=s, instant="all", structure=st, metric="dice")
@@ -232,13 +247,18 @@ def summary_text(df: pd.DataFrame, info: dict) -> str:
         lines.append(f"| {s} (ours) | " + " | ".join(cells) + " |")
     for name, ref in REFERENCES:
         lines.append(f"| {name} | " + " | ".join(f"{ref[st]:.3f}" for st in structures) + " |")
-    lines += ["", f"worst.png shows the real test images the {info['worst_setting']}-trained "
-              "segmenter does worst on, with every setting's prediction.", "",
-              "## HD95 on the real test split (mm, ED and ES pooled, all seeds)", "",
-              "| trained on | " + " | ".join(structures) + " |",
-              "|---|" + "---|" * len(structures)]
+    return lines + ["", f"worst.png shows the real test images the {info['worst_setting']}-trained "
+                    "segmenter does worst on, with every setting's prediction.", ""]
+
+
+def _hd95_section(df: pd.DataFrame, info: dict) -> list[str]:
+    """HD95 per setting, and for which settings and structures it was undefined."""
+    structures = list(STRUCTURES)
+    lines = ["## HD95 on the real test split (mm, ED and ES pooled, all seeds)", "",
+             "| trained on | " + " | ".join(structures) + " |",
+             "|---|" + "---|" * len(structures)]
     undefined = []
-    for s in settings:
+    for s in info["settings"]:
         cells = []
         for st in structures:
             cells.append(_cell(df, 2, setting=s, instant="all", structure=st, metric="hd95"))
@@ -248,25 +268,33 @@ def summary_text(df: pd.DataFrame, info: dict) -> str:
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     lines.append("")
     if undefined:
-        lines += ["HD95 is undefined where the prediction of a structure is empty; those images are "
-                  "left out of the HD95 mean (their Dice, 0, is in the Dice mean). Undefined: "
-                  + "; ".join(undefined) + ".", ""]
-    else:
-        lines += ["HD95 was defined for every test image (no empty prediction).", ""]
+        return lines + [
+            "HD95 is undefined where the prediction of a structure is empty; those images are "
+            "left out of the HD95 mean (their Dice, 0, is in the Dice mean). Undefined: "
+            + "; ".join(undefined) + ".", ""]
+    return lines + ["HD95 was defined for every test image (no empty prediction).", ""]
 
-    lines += ["## Texture: real train vs synthetic images", "",
-              "Per region of the mask, inside the imaging field: grey-level mean and std (mean "
-              "± std over images), and speckle as the local coefficient of variation (std / mean "
-              "in 5×5 windows, averaged over the region). A synthetic image without speckle has "
-              "a much lower value than a real one.", "",
-              "| region | mean: real | mean: synthetic | std: real | std: synthetic "
-              "| speckle: real | speckle: synthetic |", "|---|---|---|---|---|---|---|"]
+
+def _texture_section(df: pd.DataFrame, info: dict) -> list[str]:
+    """Grey level and speckle per region, real train vs synthetic."""
+    lines = ["## Texture: real train vs synthetic images", "",
+             "Per region of the mask, inside the imaging field: grey-level mean and std (mean "
+             "± std over images), and speckle as the local coefficient of variation (std / mean "
+             "in 5×5 windows, averaged over the region). A synthetic image without speckle has "
+             "a much lower value than a real one.", "",
+             "| region | mean: real | mean: synthetic | std: real | std: synthetic "
+             "| speckle: real | speckle: synthetic |", "|---|---|---|---|---|---|---|"]
     for region in ("LV_cavity", "myocardium", "LA", "outside"):
         cells = [_cell(df, 1 if m != "speckle_cv" else 3, setting=s, structure=region, metric=m)
                  for m in ("intensity_mean", "intensity_std", "speckle_cv")
                  for s in ("real", "synthetic")]
         lines.append(f"| {region} | " + " | ".join(cells) + " |")
-    lines += ["", "## Diversity", ""]
+    return lines + [""]
+
+
+def _diversity_section(df: pd.DataFrame, info: dict) -> list[str]:
+    """Spread between one mask's samples, of brightness, and in feature space."""
+    lines = ["## Diversity", ""]
     w = _get(df, setting="synthetic", metric="within_mask_spread")
     if w is not None and w["n"] > 0:
         lines.append(f"- Between the samples of one mask, outside the labelled structures: "
@@ -284,50 +312,69 @@ def summary_text(df: pd.DataFrame, info: dict) -> str:
     if all(x is not None for x in fsp):
         lines.append(f"- Spread of the images in the real segmenter's feature space (root mean "
                      f"variance): real {fsp[0]['mean']:.3g}, synthetic {fsp[1]['mean']:.3g}.")
-    lines += ["", "## Label fidelity and distribution distance", ""]
-    if "real" in settings:
-        cells = [f"{st} {_cell(df, setting='synthetic', instant='all', structure=st, metric='label_fidelity_dice')}"
-                 for st in structures]
-        lines += [
-            f"Label fidelity (the `real` segmenter on the {info['n_synthetic']} synthetic images, "
-            "Dice against the masks that conditioned them): " + ", ".join(cells) + ". A high "
-            "value does not mean the images are useful for training (a segmenter trained on real "
-            "images reads easy, clean images well).",
-            "",
-            "Distances on the `real` segmenter's encoder features (global-average-pooled "
-            "bottleneck). The synthetic images are made from train masks, so the real test split "
-            "is the unbiased reference; the other real split gives the level of two samples of "
-            "the same distribution:",
-            "",
-            "| compared set | FD vs real train | KID vs real train | FD vs real test "
-            "| KID vs real test |",
-            "|---|---|---|---|---|",
-        ]
-        for label, s_train, s_test in (("synthetic", "synthetic", "synthetic"),
-                                       ("real (reference)", "real_test", "real")):
-            fd = _get(df, setting=s_train, metric="frechet_distance_segfeat")
-            kd = _get(df, setting=s_train, metric="kid_segfeat")
-            fdt = _get(df, setting=s_test, metric="frechet_distance_segfeat_test")
-            kdt = _get(df, setting=s_test, metric="kid_segfeat_test")
-            if all(x is not None for x in (fd, kd, fdt, kdt)):
-                lines.append(f"| {label} | {fd['mean']:.4g} | {kd['mean']:.3g} ± {kd['std']:.2g} "
-                             f"| {fdt['mean']:.4g} | {kdt['mean']:.3g} ± {kdt['std']:.2g} |")
-        lines.append("")
-        lines.append("These features come from a small segmenter trained on few images, not an "
-                     "ImageNet network: compare values within this project, not with published FIDs.")
+    return lines + [""]
+
+
+def _fidelity_distance_section(df: pd.DataFrame, info: dict) -> list[str]:
+    """Label fidelity and the feature distances (both need the `real` segmenter), then the
+    standard FID."""
+    lines = ["## Label fidelity and distribution distance", ""]
+    if "real" in info["settings"]:
+        lines += _fidelity_distance_lines(df, info)
     else:
         lines.append("Not computed: label fidelity, Fréchet distance and KID need the `real` "
                      "setting, which is not in evaluate.settings.")
-    lines.append("")
+    return lines + ["", _inception_fid_sentence(df), ""]
+
+
+def _fidelity_distance_lines(df: pd.DataFrame, info: dict) -> list[str]:
+    cells = [f"{st} {_cell(df, setting='synthetic', instant='all', structure=st, metric='label_fidelity_dice')}"
+             for st in STRUCTURES]
+    lines = [
+        f"Label fidelity (the `real` segmenter on the {info['n_synthetic']} synthetic images, "
+        "Dice against the masks that conditioned them): " + ", ".join(cells) + ". A high "
+        "value does not mean the images are useful for training (a segmenter trained on real "
+        "images reads easy, clean images well).",
+        "",
+        "Distances on the `real` segmenter's encoder features (global-average-pooled "
+        "bottleneck). The synthetic images are made from train masks, so the real test split "
+        "is the unbiased reference; the other real split gives the level of two samples of "
+        "the same distribution:",
+        "",
+        "| compared set | FD vs real train | KID vs real train | FD vs real test "
+        "| KID vs real test |",
+        "|---|---|---|---|---|",
+    ]
+    for label, s_train, s_test in (("synthetic", "synthetic", "synthetic"),
+                                   ("real (reference)", "real_test", "real")):
+        fd = _get(df, setting=s_train, metric="frechet_distance_segfeat")
+        kd = _get(df, setting=s_train, metric="kid_segfeat")
+        fdt = _get(df, setting=s_test, metric="frechet_distance_segfeat_test")
+        kdt = _get(df, setting=s_test, metric="kid_segfeat_test")
+        if all(x is not None for x in (fd, kd, fdt, kdt)):
+            lines.append(f"| {label} | {fd['mean']:.4g} | {kd['mean']:.3g} ± {kd['std']:.2g} "
+                         f"| {fdt['mean']:.4g} | {kdt['mean']:.3g} ± {kdt['std']:.2g} |")
+    return lines + ["", "These features come from a small segmenter trained on few images, not an "
+                    "ImageNet network: compare values within this project, not with published "
+                    "FIDs."]
+
+
+def _inception_fid_sentence(df: pd.DataFrame) -> str:
     fid = df[df.metric.isin(["fid_inception", "fid_inception_test"])]
     if fid.empty:
-        lines.append("The standard FID (Inception-v3) was not computed: evaluate.inception_weights "
-                     "does not name a local pytorch-fid Inception weights file (nothing is "
-                     "downloaded).")
-    else:
-        parts = [f"{r.setting} vs real {'test' if r.metric.endswith('test') else 'train'} "
-                 f"{r['mean']:.4g}" for _, r in fid.iterrows()]
-        lines.append("Standard FID (pytorch-fid Inception-v3 pool3 features): "
-                     + ", ".join(parts) + ".")
-    lines.append("")
-    return "\n".join(lines)
+        return ("The standard FID (Inception-v3) was not computed: evaluate.inception_weights "
+                "does not name a local pytorch-fid Inception weights file (nothing is "
+                "downloaded).")
+    parts = [f"{r.setting} vs real {'test' if r.metric.endswith('test') else 'train'} "
+             f"{r['mean']:.4g}" for _, r in fid.iterrows()]
+    return "Standard FID (pytorch-fid Inception-v3 pool3 features): " + ", ".join(parts) + "."
+
+
+_SECTIONS = (_intro_section, _usefulness_section, _dice_table_section, _hd95_section,
+             _texture_section, _diversity_section, _fidelity_distance_section)
+
+
+def summary_text(df: pd.DataFrame, info: dict) -> str:
+    """summary.md: usefulness headline, Dice over seeds, worst images, HD95, texture, diversity,
+    label fidelity and feature distances."""
+    return "\n".join(line for section in _SECTIONS for line in section(df, info))

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import metrics, segmenter
-from .data import ImageSet
+from cardigan.evaluate import metrics, segmenter
+from cardigan.evaluate.data import ImageSet
 
 log = logging.getLogger("cardigan")
 

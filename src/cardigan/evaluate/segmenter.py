@@ -17,8 +17,8 @@ from monai.losses import DiceCELoss
 from monai.networks.layers import SkipConnection
 from monai.networks.nets import UNet
 
-from ..device import resolve_device as _resolve_device
-from ..labels import NUM_LABELS
+from cardigan.core.device import resolve_device as _resolve_device
+from cardigan.core.labels import NUM_LABELS
 
 log = logging.getLogger("cardigan")
 

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..labels import INSTANTS
-from . import features, metrics, report, runs, segmenter, texture
-from .data import ImageSet, load_real, load_synthetic
+from cardigan.core.atomic import atomic_outputs
+from cardigan.core.labels import INSTANTS
+from cardigan.evaluate import features, metrics, report, runs, segmenter, texture
+from cardigan.evaluate.data import ImageSet, load_real, load_synthetic
 
 log = logging.getLogger("cardigan")
 
@@ -150,21 +150,6 @@ def worst_images(per_seed: list[dict], k: int) -> np.ndarray:
     return np.argsort(dice, kind="stable")[:k]
 
 
-def _write_atomic(path: Path, write) -> Path:
-    """Write through ``write(tmp_path)`` into a temp file beside ``path``; return the temp path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        tmp.chmod(0o644)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
 def run_evaluate(
     synthetic_h5: str | Path,
     data_dir: str | Path,
@@ -188,7 +173,29 @@ def run_evaluate(
     settings = [s for s in SETTINGS if s in cfg["settings"]]
     device = segmenter.resolve_device(cfg["device"])
     log.info("evaluate: settings %s on %s, %d threads", settings, device, torch.get_num_threads())
+    images = _load_images(synthetic_h5, data_dir, views)
+    seeds = [cfg["seed"] + r for r in range(cfg["repeats"])]
+    results = _train_segmenters(images, settings, seeds, cfg, device, threads)
+    rows, per_seed, first_pred = _segmentation_measures(images, settings, results)
+    rows += _image_measures(images, results, cfg, device)
+    rows += _inception_fid_rows(images, cfg, device)
+    df = report.metrics_frame(rows)
+    info = _summary_info(images, settings, seeds, source, cfg)
+    _write_outputs(df, info, images.test, per_seed, first_pred,
+                   Path(metrics_csv), Path(dice_png), Path(worst_png), Path(summary_md))
+    return df
 
+
+@dataclass(frozen=True)
+class _Images:
+    train: ImageSet  # the real train split
+    test: ImageSet  # the real test split
+    synth: ImageSet  # the export's generated rows
+    training_sets: dict[str, ImageSet]  # per setting
+    instants: list[str]  # those of the test split, in INSTANTS order
+
+
+def _load_images(synthetic_h5: str | Path, data_dir: str | Path, views: list[str]) -> _Images:
     train = load_real(data_dir, "train", views)
     test = load_real(data_dir, "test", views)
     synth = load_synthetic(synthetic_h5)
@@ -196,24 +203,35 @@ def run_evaluate(
         if s.images.shape[1:] != train.images.shape[1:]:
             raise ValueError(f"{name} images are {s.images.shape[1:]} but real train images are "
                              f"{train.images.shape[1:]}: export and extract disagree on data.image_size")
+    # mixed puts the real images first: _train_segmenters relies on it
     training_sets = {"real": train, "synthetic": synth, "mixed": ImageSet.concat(train, synth)}
-    # mixed: real images first, drawn with this probability (null: uniform over the union)
-    fraction = cfg["mixed_real_fraction"]
-    mixing = None if fraction is None else (len(train), float(fraction))
     instants = [i for i in INSTANTS if i in set(test.instant)]
     log.info("real train %d, real test %d, synthetic %d frames", len(train), len(test), len(synth))
+    return _Images(train, test, synth, training_sets, instants)
 
-    repeats = cfg["repeats"]
-    seeds = [cfg["seed"] + r for r in range(repeats)]
+
+def _train_segmenters(images: _Images, settings: list[str], seeds: list[int], cfg: dict,
+                      device: torch.device, threads: int) -> list[runs.RunResult]:
+    """One U-Net per (setting, seed), trained and tested on the real test split."""
+    # mixed: real images first, drawn with this probability (null: uniform over the union)
+    fraction = cfg["mixed_real_fraction"]
+    mixing = None if fraction is None else (len(images.train), float(fraction))
     # only the real-trained U-Net is used again (label fidelity, feature distances)
     jobs = [runs.Job(setting, seed, keep_model=setting == "real" and seed == seeds[0])
             for setting in settings for seed in seeds]
     start = time.perf_counter()
-    results = runs.train_and_test(jobs, training_sets, test, cfg, mixing, device,
+    results = runs.train_and_test(jobs, images.training_sets, images.test, cfg, mixing, device,
                                   workers=threads)
     log.info("%d segmenters trained and tested in %.1f s (%s)", len(jobs),
              time.perf_counter() - start,
              ", ".join(f"{r.job.setting} seed {r.job.seed} {r.seconds:.1f} s" for r in results))
+    return results
+
+
+def _segmentation_measures(images: _Images, settings: list[str], results: list[runs.RunResult],
+                           ) -> tuple[list[dict], dict[str, list[dict]], dict[str, np.ndarray]]:
+    """Final training loss, Dice and HD95 rows per setting and the usefulness rows; also each
+    setting's per-seed test scores and its first seed's test predictions."""
     rows: list[dict] = []
     per_seed: dict[str, list[dict]] = {}
     first_pred: dict[str, np.ndarray] = {}
@@ -224,11 +242,17 @@ def run_evaluate(
         first_pred[setting] = done[0].pred
         rows.append(dict(setting=setting, instant="all", structure="all", metric="train_loss_final",
                          mean=float(np.mean(losses)), std=float(np.std(losses)), n=len(losses)))
-        rows += segmentation_rows(setting, per_seed[setting], test, instants)
+        rows += segmentation_rows(setting, per_seed[setting], images.test, images.instants)
     rows += usefulness_rows(per_seed)
+    return rows, per_seed, first_pred
 
+
+def _image_measures(images: _Images, results: list[runs.RunResult], cfg: dict,
+                    device: torch.device) -> list[dict]:
+    """Texture, label fidelity, feature distances and diversity of the image sets."""
+    train, test, synth = images.train, images.test, images.synth
     field = texture.imaging_field(train.images)
-    rows += texture_rows(train, synth, field)
+    rows = texture_rows(train, synth, field)
     feats = None
     kept = [r.state for r in results if r.state is not None]
     if kept:
@@ -248,51 +272,57 @@ def run_evaluate(
                               "frechet_distance_segfeat_test", "kid_segfeat_test", cfg["seed"])
     else:
         log.info("label fidelity and feature distances skipped: 'real' is not in evaluate.settings")
-    rows += diversity_rows(train, synth, field, feats)
+    return rows + diversity_rows(train, synth, field, feats)
 
-    if cfg["inception_weights"]:
-        start = time.perf_counter()
-        net = features.load_fid_inception(cfg["inception_weights"])
-        ref = features.inception_features(net, train.images, device)
-        ref_test = features.inception_features(net, test.images, device)
-        syn_feats = features.inception_features(net, synth.images, device)
-        rows += distance_rows(ref, {"synthetic": syn_feats, "real_test": ref_test},
-                              "fid_inception", None, cfg["seed"])
-        rows += distance_rows(ref_test, {"synthetic": syn_feats, "real": ref},
-                              "fid_inception_test", None, cfg["seed"])
-        log.info("standard FID computed in %.1f s", time.perf_counter() - start)
-    else:
+
+def _inception_fid_rows(images: _Images, cfg: dict, device: torch.device) -> list[dict]:
+    """The standard FID, only with local Inception weights (nothing is downloaded)."""
+    if not cfg["inception_weights"]:
         log.info("standard FID not computed: evaluate.inception_weights is not set")
+        return []
+    start = time.perf_counter()
+    net = features.load_fid_inception(cfg["inception_weights"])
+    ref = features.inception_features(net, images.train.images, device)
+    ref_test = features.inception_features(net, images.test.images, device)
+    syn_feats = features.inception_features(net, images.synth.images, device)
+    rows = distance_rows(ref, {"synthetic": syn_feats, "real_test": ref_test},
+                         "fid_inception", None, cfg["seed"])
+    rows += distance_rows(ref_test, {"synthetic": syn_feats, "real": ref},
+                          "fid_inception_test", None, cfg["seed"])
+    log.info("standard FID computed in %.1f s", time.perf_counter() - start)
+    return rows
 
-    worst_setting = "synthetic" if "synthetic" in per_seed else settings[0]
-    worst = worst_images(per_seed[worst_setting], min(WORST_SHOWN, len(test)))
-    df = report.metrics_frame(rows)
-    info = dict(settings=settings, source=source, config=cfg, augmentation=segmenter.AUGMENTATION,
-                n_train={s: len(training_sets[s]) for s in settings}, n_test=len(test),
-                n_synthetic=len(synth), instants=instants, seeds=seeds,
-                worst_setting=worst_setting,
+
+def _summary_info(images: _Images, settings: list[str], seeds: list[int], source: str,
+                  cfg: dict) -> dict:
+    """What :func:`report.summary_text` states besides the metrics."""
+    synth = images.synth
+    return dict(settings=settings, source=source, config=cfg, augmentation=segmenter.AUGMENTATION,
+                n_train={s: len(images.training_sets[s]) for s in settings},
+                n_test=len(images.test), n_synthetic=len(synth), instants=images.instants,
+                seeds=seeds,
+                worst_setting="synthetic" if "synthetic" in settings else settings[0],
                 samples_per_mask=len(synth) / max(1, len(set(synth.group))))
+
+
+def _write_outputs(df: pd.DataFrame, info: dict, test: ImageSet, per_seed: dict[str, list[dict]],
+                   first_pred: dict[str, np.ndarray], metrics_csv: Path, dice_png: Path,
+                   worst_png: Path, summary_md: Path) -> None:
+    """Write metrics.csv, dice.png, worst.png and summary.md: all of them or none."""
+    settings, worst_setting = info["settings"], info["worst_setting"]
+    worst = worst_images(per_seed[worst_setting], min(WORST_SHOWN, len(test)))
     per_image = {s: np.mean([np.stack([d[st]["dice"] for st in d]) for d in per_seed[s]], axis=0)
                  for s in settings}  # (structures, test images), mean over seeds
     outputs = [
-        (Path(metrics_csv), lambda p: p.write_bytes(report.csv_bytes(df))),
-        (Path(dice_png), lambda p: report.plot_dice(df, settings, [*instants, "all"], p,
-                                                    per_image)),
-        (Path(worst_png), lambda p: report.plot_worst(
+        (metrics_csv, lambda p: p.write_bytes(report.csv_bytes(df))),
+        (dice_png, lambda p: report.plot_dice(df, settings, [*info["instants"], "all"], p,
+                                              per_image)),
+        (worst_png, lambda p: report.plot_worst(
             test.images[worst], test.masks[worst],
             {s: first_pred[s][worst] for s in settings},
             per_image[worst_setting][:, worst].mean(axis=0), worst_setting, p)),
-        (Path(summary_md), lambda p: p.write_text(report.summary_text(df, info))),
+        (summary_md, lambda p: p.write_text(report.summary_text(df, info))),
     ]
-    tmps: list[Path] = []
-    try:
-        for path, write in outputs:
-            tmps.append(_write_atomic(path, write))
-    except BaseException:
-        for t in tmps:
-            t.unlink(missing_ok=True)
-        raise
-    for (path, _), tmp in zip(outputs, tmps):
-        os.replace(tmp, path)
-    return df
-
+    with atomic_outputs([Path(path) for path, _ in outputs]) as tmps:
+        for (_, write), tmp in zip(outputs, tmps):
+            write(tmp)

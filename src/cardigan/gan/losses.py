@@ -1,0 +1,216 @@
+"""SPADE's losses: hinge GAN, discriminator feature matching, KL, VGG19 perceptual.
+
+Reductions follow NVlabs/SPADE: every GAN/feature-matching term is averaged over the
+discriminator scales; the KL term is summed over z and averaged over the batch (the reference
+sums over the batch too), weighted 0.05 by the caller; the perceptual loss weights relu1_1..relu5_1
+by 1/32, 1/16, 1/8, 1/4, 1.
+
+``generator_losses`` / ``discriminator_losses`` compose the terms into the two halves of one
+training iteration exactly as the reference does (fake and real go through the discriminator in
+one batch); ``bench/train_step.py`` and the training loop both use them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cardigan.core.config import ConfigError
+from cardigan.gan.encoder import reparameterize
+
+Preds = list[list[Tensor]]  # per discriminator scale: intermediate features, last = prediction
+
+
+def _hinge(preds: Preds, real: bool) -> Tensor:
+    """mean over scales of mean(relu(1 - D)) for real, mean(relu(1 + D)) for fake."""
+    sign = -1.0 if real else 1.0
+    return sum(F.relu(1.0 + sign * p[-1].float()).mean() for p in preds) / len(preds)
+
+
+def hinge_d_loss(real_preds: Preds, fake_preds: Preds) -> Tensor:
+    """Discriminator hinge loss: relu(1 - D(real)) + relu(1 + D(fake)), each averaged over scales."""
+    return _hinge(real_preds, real=True) + _hinge(fake_preds, real=False)
+
+
+def hinge_g_loss(fake_preds: Preds) -> Tensor:
+    """Generator hinge loss: -mean(D(fake)) averaged over scales."""
+    return sum(-p[-1].float().mean() for p in fake_preds) / len(fake_preds)
+
+
+def feature_matching_loss(real_preds: Preds, fake_preds: Preds) -> Tensor:
+    """Sum over each scale's intermediate features (all but the last) of L1(fake, real.detach()),
+    divided by the number of scales (unweighted: the caller multiplies by lambda_feat)."""
+    total = fake_preds[0][0].new_zeros((), dtype=torch.float32)
+    for real_feats, fake_feats in zip(real_preds, fake_preds, strict=True):
+        for real_f, fake_f in zip(real_feats[:-1], fake_feats[:-1], strict=True):
+            total = total + F.l1_loss(fake_f.float(), real_f.detach().float())
+    return total / len(fake_preds)
+
+
+def kl_loss(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) per sample: summed over z, averaged over the batch.
+
+    The reference sums over the batch too, so its weight grows with the per-process batch (and
+    changes with the number of GPUs); as a per-sample mean, DDP's gradient averaging gives the
+    global batch's mean and ``lambda_kld`` means the same at any ``batch_size`` and ``gpus``."""
+    mu, logvar = mu.float(), logvar.float()
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / mu.shape[0]
+
+
+# --------------------------------------------------------------------------------------------
+# VGG19 perceptual loss
+# --------------------------------------------------------------------------------------------
+# torchvision's vgg19 "features" (configuration E): conv channels, "M" = 2x2 max pool.
+_VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+              512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+# Indices into features just after relu1_1, relu2_1, relu3_1, relu4_1, relu5_1.
+_VGG_SLICE_ENDS = (2, 7, 12, 21, 30)
+_VGG_LAYER_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def vgg19_features(upto: int = _VGG_SLICE_ENDS[-1]) -> nn.Sequential:
+    """The first ``upto`` modules of torchvision's ``vgg19().features`` (same indices, so its
+    state_dict keys ``features.N.weight`` load into ``.features``)."""
+    layers: list[nn.Module] = []
+    cin = 3
+    for v in _VGG19_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(cin, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            cin = v
+    return nn.Sequential(*layers[:upto])
+
+
+class VGGPerceptualLoss(nn.Module):
+    """VGG19 perceptual loss from a LOCAL state_dict file (torchvision's vgg19 key names,
+    e.g. 'features.0.weight'); nothing is downloaded. Grayscale [-1, 1] input is replicated to
+    3 channels and ImageNet-normalised. Missing / wrong file -> ConfigError naming
+    train.perceptual_weights."""
+
+    def __init__(self, weights_path: str):
+        super().__init__()
+        self.features = vgg19_features()
+        self._load(weights_path)
+        self.features.requires_grad_(False)
+        self.eval()
+        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def _load(self, weights_path) -> None:
+        key = "train.perceptual_weights"
+        if not weights_path:
+            raise ConfigError(f"config key {key}: no VGG19 weights file given")
+        path = Path(weights_path)
+        if not path.is_file():
+            raise ConfigError(f"config key {key}: VGG19 weights file {path} does not exist")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ConfigError(f"config key {key}: cannot read {path} as a torch file: {exc}") from exc
+        if not isinstance(state, dict):
+            raise ConfigError(f"config key {key}: {path} holds a {type(state).__name__}, "
+                              f"not a VGG19 state_dict")
+        wanted = {f"features.{k}": v for k, v in self.features.state_dict().items()}
+        missing = [k for k in wanted if k not in state]
+        if missing:
+            raise ConfigError(
+                f"config key {key}: {path} is not a torchvision VGG19 state_dict "
+                f"(missing {len(missing)} keys, e.g. {', '.join(missing[:3])})"
+            )
+        for k, v in wanted.items():
+            got = state[k]
+            if not isinstance(got, Tensor) or got.shape != v.shape:
+                shape = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
+                raise ConfigError(f"config key {key}: {path}: {k} has shape {shape}, "
+                                  f"VGG19 needs {tuple(v.shape)}")
+        self.features.load_state_dict(
+            {k[len("features."):]: state[k].float() for k in wanted}
+        )
+
+    def train(self, mode: bool = True) -> VGGPerceptualLoss:
+        return super().train(False)  # a frozen feature extractor: always in eval mode
+
+    def _taps(self, x: Tensor) -> list[Tensor]:
+        x = ((x + 1) / 2).expand(-1, 3, -1, -1)
+        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        taps, start = [], 0
+        for end in _VGG_SLICE_ENDS:
+            for layer in self.features[start:end]:
+                x = layer(x)
+            taps.append(x)
+            start = end
+        return taps
+
+    def forward(self, fake: Tensor, real: Tensor) -> Tensor:
+        fake_taps = self._taps(fake)
+        with torch.no_grad():
+            real_taps = self._taps(real)
+        return sum(w * F.l1_loss(f.float(), r.float())
+                   for w, f, r in zip(_VGG_LAYER_WEIGHTS, fake_taps, real_taps, strict=True))
+
+
+# --------------------------------------------------------------------------------------------
+# One training iteration's two halves
+# --------------------------------------------------------------------------------------------
+def discriminate(discriminator: nn.Module, seg: Tensor, fake: Tensor, real: Tensor
+                 ) -> tuple[Preds, Preds]:
+    """Run fake and real through the discriminator in one batch (as the reference does, which
+    matters for batch norm); returns ``(fake_preds, real_preds)``."""
+    preds = discriminator(torch.cat([fake, real]), torch.cat([seg, seg]))
+    n = fake.shape[0]
+    fake_preds = [[f[:n] for f in scale] for scale in preds]
+    real_preds = [[f[n:] for f in scale] for scale in preds]
+    return fake_preds, real_preds
+
+
+def generator_losses(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    seg: Tensor,
+    real: Tensor,
+    *,
+    encoder: nn.Module | None = None,
+    vgg: nn.Module | None = None,
+    lambda_feat: float = 10.0,
+    lambda_kld: float = 0.05,
+    lambda_vgg: float = 10.0,
+    lambda_l1: float = 0.0,
+) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """The generator half of an iteration: ``(total, weighted terms, fake)``.
+
+    Terms: ``g_gan`` (hinge), ``g_feat`` (feature matching x lambda_feat, when > 0), ``g_kld``
+    (with an encoder, x lambda_kld), ``g_vgg`` (with a perceptual loss, x lambda_vgg), ``g_l1``
+    (mean absolute difference between fake and real, x lambda_l1, when > 0: pix2pix's
+    reconstruction term, a pixel-level stand-in for the perceptual loss when no VGG weights are
+    at hand).
+    """
+    terms: dict[str, Tensor] = {}
+    z = None
+    if encoder is not None:
+        mu, logvar = encoder(real)
+        z = reparameterize(mu, logvar)
+        terms["g_kld"] = kl_loss(mu, logvar) * lambda_kld
+    fake = generator(seg, z)
+    fake_preds, real_preds = discriminate(discriminator, seg, fake, real)
+    terms["g_gan"] = hinge_g_loss(fake_preds)
+    if lambda_feat > 0:
+        terms["g_feat"] = feature_matching_loss(real_preds, fake_preds) * lambda_feat
+    if vgg is not None:
+        terms["g_vgg"] = vgg(fake, real) * lambda_vgg
+    if lambda_l1 > 0:
+        terms["g_l1"] = (fake.float() - real.float()).abs().mean() * lambda_l1
+    return sum(terms.values()), terms, fake
+
+
+def discriminator_losses(discriminator: nn.Module, seg: Tensor, fake: Tensor, real: Tensor
+                         ) -> tuple[Tensor, dict[str, Tensor]]:
+    """The discriminator half: ``(total, {"d_fake", "d_real"})``; ``fake`` is detached here."""
+    fake_preds, real_preds = discriminate(discriminator, seg, fake.detach(), real)
+    terms = {"d_fake": _hinge(fake_preds, real=False), "d_real": _hinge(real_preds, real=True)}
+    return terms["d_fake"] + terms["d_real"], terms

@@ -1,0 +1,2 @@
+"""Stage sample: masks (real and deformed) through a trained generator, in several styles; the
+public :func:`cardigan.generate`."""
