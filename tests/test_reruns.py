@@ -125,7 +125,7 @@ def test_code_edits_rerun_exactly_the_stages_whose_code_changed(run, tmp_path):
     pkg = work / "pkg"
     shutil.copytree(package_root(), pkg / "cardigan", ignore=shutil.ignore_patterns("__pycache__"))
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(pkg), os.environ.get("PYTHONPATH")]))}
-    model, writer = pkg / "cardigan/model.py", pkg / "cardigan/nnunet.py"
+    model, writer = pkg / "cardigan/gan/generator.py", pkg / "cardigan/export/nnunet.py"
     original = model.read_bytes()
 
     os.utime(model, None)  # a touch (as a checkout may do): same content
