@@ -90,7 +90,8 @@ def train_config(args: argparse.Namespace, settings: PathSettings) -> TrainConfi
                  n_layers_D=args.n_layers_D, label_nc=args.label_nc, use_vae=args.vae,
                  z_dim=args.z_dim, num_upsampling_layers=args.num_upsampling_layers,
                  batch_size=args.batch, amp=settings.amp, channels_last=settings.channels_last,
-                 compile=settings.compile, device=args.device.split(":")[0])
+                 compile=settings.compile, device=args.device.split(":")[0],
+                 diffaug=args.diffaug)
     return TrainConfig.from_dict(train)
 
 
@@ -213,6 +214,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-layers-D", type=int, default=4)
     p.add_argument("--num-upsampling-layers", default="normal", choices=["normal", "more", "most"])
     p.add_argument("--vae", action="store_true", help="also train the VAE encoder (KL term)")
+    p.add_argument("--diffaug", default="",
+                   help="train.diffaug: the discriminator's input augmentation (e.g. "
+                        "color,translation,cutout; default none)")
     p.add_argument("--z-dim", type=int, default=256)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--compile", action="store_true", help="torch.compile G and D (optimised path)")

@@ -311,3 +311,35 @@ def test_within_mask_spread_is_zero_for_one_look_and_grows_with_style():
     assert n == 2 and mean > 5
     # no mask sampled twice: nothing to measure
     assert texture.within_mask_spread(same, masks, np.array(list("abcd")), field)[2] == 0
+
+
+def test_dice_by_image_quality_and_the_worst_image():
+    from cardigan.evaluate.report import _quality_section, by_quality
+
+    quality = np.array(["Good", "Poor", "Good", "Medium", ""])
+    per_image = {"real": np.array([[0.9, 0.8, 0.95, 0.85, 0.9], [0.9, 0.9, 0.9, 0.9, 0.9]]),
+                 "synthetic": np.array([[0.8, 0.5, 0.9, 0.7, 0.8], [0.9, 0.85, 0.9, 0.9, 0.9]])}
+    q = by_quality(per_image, ["LV_endo", "LA"], quality)
+    assert q["grades"] == [("Good", 2), ("Medium", 1), ("Poor", 1), ("", 1)]
+    assert q["mean"]["synthetic"]["Good"] == pytest.approx([0.85, 0.9])
+    assert q["mean"]["synthetic"]["Poor"] == pytest.approx([0.5, 0.85])
+    assert q["worst"]["real"] == pytest.approx([0.8, 0.9])
+    text = "\n".join(_quality_section(None, {"settings": ["real", "synthetic"], "by_quality": q}))
+    assert "| synthetic | Poor (1) | 0.500 | 0.850 |" in text
+    assert "| real | no grade (1) |" in text
+    # the synthetic-trained worst (0.5) is 0.3 below real's (0.8): the verdict says no
+    assert "within 0.10 of the real-trained one's worst on every structure: no" in text
+    assert "LV_endo -0.300" in text
+
+
+def test_real_frames_carry_their_grade(tmp_path):
+    from cardigan.evaluate.data import load_real
+
+    write_extracted(tmp_path, "test", 2, seed=0)
+    real = load_real(tmp_path, "test", ["4CH"])
+    assert set(real.quality) == {""}  # no metadata.csv: no grade
+    rows = [{"patient": p, "view": "4CH", "instant": i, "image_quality": q}
+            for p, q in (("patient0001", "Good"), ("patient0002", "Poor")) for i in ("ED", "ES")]
+    pd.DataFrame(rows).to_csv(tmp_path / "metadata.csv", index=False)
+    real = load_real(tmp_path, "test", ["4CH"])
+    assert sorted(real.quality) == ["Good", "Good", "Poor", "Poor"]

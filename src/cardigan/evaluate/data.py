@@ -8,6 +8,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 
 from cardigan.data.frames import load_frames
 
@@ -25,6 +26,7 @@ class ImageSet:
     instant: np.ndarray  # (N,) str
     view: np.ndarray  # (N,) str
     group: np.ndarray  # (N,) str
+    quality: np.ndarray  # (N,) str: the frame's ImageQuality (Good, Medium, Poor), "" if none
 
     def __len__(self) -> int:
         return len(self.images)
@@ -32,12 +34,14 @@ class ImageSet:
     @staticmethod
     def concat(a: ImageSet, b: ImageSet) -> ImageSet:
         return ImageSet(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in
-                          ("images", "masks", "spacing", "instant", "view", "group")))
+                          ("images", "masks", "spacing", "instant", "view", "group",
+                           "quality")))
 
 
 def load_real(data_dir: str | Path, split: str, views: Iterable[str]) -> ImageSet:
     """Every frame of one extracted split, for the given views."""
     frames = load_frames(data_dir, split, list(views))
+    grades = _image_quality(Path(data_dir))
     if not frames:
         raise ValueError(f"{data_dir}: the {split} split has no frames for views {list(views)}")
     return ImageSet(
@@ -47,7 +51,19 @@ def load_real(data_dir: str | Path, split: str, views: Iterable[str]) -> ImageSe
         instant=np.array([f.instant for f in frames]),
         view=np.array([f.view for f in frames]),
         group=np.array([f"{split}:{f.patient}_{f.view}_{f.instant}" for f in frames]),
+        quality=np.array([grades.get((f.patient, f.view, f.instant), "") for f in frames]),
     )
+
+
+def _image_quality(data_dir: Path) -> dict[tuple[str, str, str], str]:
+    """(patient, view, instant) -> ImageQuality, from the extracted metadata.csv (empty without
+    one, or where CAMUS left it blank)."""
+    path = data_dir / "metadata.csv"
+    if not path.is_file():
+        return {}
+    meta = pd.read_csv(path, usecols=["patient", "view", "instant", "image_quality"], dtype=str,
+                       keep_default_na=False)
+    return {(r.patient, r.view, r.instant): r.image_quality for r in meta.itertuples()}
 
 
 def _strings(ds: h5py.Dataset) -> np.ndarray:
@@ -89,4 +105,4 @@ def load_synthetic(path: str | Path) -> ImageSet:
     if not keep.any():
         raise ValueError(f"{path}: no row has is_synthetic true: there are no generated images")
     return ImageSet(images[keep], masks[keep], spacing[keep], instant[keep], view[keep],
-                    group[keep])
+                    group[keep], np.full(int(keep.sum()), ""))

@@ -313,6 +313,8 @@ def _write_outputs(df: pd.DataFrame, info: dict, test: ImageSet, per_seed: dict[
     worst = worst_images(per_seed[worst_setting], min(WORST_SHOWN, len(test)))
     per_image = {s: np.mean([np.stack([d[st]["dice"] for st in d]) for d in per_seed[s]], axis=0)
                  for s in settings}  # (structures, test images), mean over seeds
+    structures = list(per_seed[settings[0]][0])
+    info = {**info, "by_quality": report.by_quality(per_image, structures, test.quality)}
     outputs = [
         (metrics_csv, lambda p: p.write_bytes(report.csv_bytes(df))),
         (dice_png, lambda p: report.plot_dice(df, settings, [*info["instants"], "all"], p,

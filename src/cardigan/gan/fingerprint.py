@@ -25,6 +25,8 @@ def fingerprinted_settings(cfg: TrainConfig, image_size: int, data_hash: str) ->
         settings.pop("lambda_kld")  # unused: changing it must not throw a state away
     if not cfg.perceptual_weights:
         settings.pop("lambda_vgg")
+    if not cfg.diffaug:
+        settings.pop("diffaug")  # off: the fingerprint of states trained before it existed
     if not cfg.lambda_l1:
         settings.pop("lambda_l1")  # off: the fingerprint of states trained before it existed
     # The model code too: weights trained by other network code are never resumed.

@@ -12,6 +12,7 @@ one batch); ``bench/train_step.py`` and the training loop both use them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cardigan.core.config import ConfigError
+from cardigan.gan.diffaug import augment_pairs
 from cardigan.gan.encoder import reparameterize
 
 Preds = list[list[Tensor]]  # per discriminator scale: intermediate features, last = prediction
@@ -158,11 +160,13 @@ class VGGPerceptualLoss(nn.Module):
 # --------------------------------------------------------------------------------------------
 # One training iteration's two halves
 # --------------------------------------------------------------------------------------------
-def discriminate(discriminator: nn.Module, seg: Tensor, fake: Tensor, real: Tensor
-                 ) -> tuple[Preds, Preds]:
+def discriminate(discriminator: nn.Module, seg: Tensor, fake: Tensor, real: Tensor,
+                 diffaug: Sequence[str] = ()) -> tuple[Preds, Preds]:
     """Run fake and real through the discriminator in one batch (as the reference does, which
-    matters for batch norm); returns ``(fake_preds, real_preds)``."""
-    preds = discriminator(torch.cat([fake, real]), torch.cat([seg, seg]))
+    matters for batch norm), each pair augmented alike with the ``diffaug`` transforms
+    (:mod:`cardigan.gan.diffaug`); returns ``(fake_preds, real_preds)``."""
+    images, segs = augment_pairs(torch.cat([fake, real]), torch.cat([seg, seg]), diffaug)
+    preds = discriminator(images, segs)
     n = fake.shape[0]
     fake_preds = [[f[:n] for f in scale] for scale in preds]
     real_preds = [[f[n:] for f in scale] for scale in preds]
@@ -181,6 +185,7 @@ def generator_losses(
     lambda_kld: float = 0.05,
     lambda_vgg: float = 10.0,
     lambda_l1: float = 0.0,
+    diffaug: Sequence[str] = (),
 ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
     """The generator half of an iteration: ``(total, weighted terms, fake)``.
 
@@ -197,7 +202,7 @@ def generator_losses(
         z = reparameterize(mu, logvar)
         terms["g_kld"] = kl_loss(mu, logvar) * lambda_kld
     fake = generator(seg, z)
-    fake_preds, real_preds = discriminate(discriminator, seg, fake, real)
+    fake_preds, real_preds = discriminate(discriminator, seg, fake, real, diffaug)
     terms["g_gan"] = hinge_g_loss(fake_preds)
     if lambda_feat > 0:
         terms["g_feat"] = feature_matching_loss(real_preds, fake_preds) * lambda_feat
@@ -208,9 +213,9 @@ def generator_losses(
     return sum(terms.values()), terms, fake
 
 
-def discriminator_losses(discriminator: nn.Module, seg: Tensor, fake: Tensor, real: Tensor
-                         ) -> tuple[Tensor, dict[str, Tensor]]:
+def discriminator_losses(discriminator: nn.Module, seg: Tensor, fake: Tensor, real: Tensor,
+                         diffaug: Sequence[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
     """The discriminator half: ``(total, {"d_fake", "d_real"})``; ``fake`` is detached here."""
-    fake_preds, real_preds = discriminate(discriminator, seg, fake.detach(), real)
+    fake_preds, real_preds = discriminate(discriminator, seg, fake.detach(), real, diffaug)
     terms = {"d_fake": _hinge(fake_preds, real=False), "d_real": _hinge(real_preds, real=True)}
     return terms["d_fake"] + terms["d_real"], terms

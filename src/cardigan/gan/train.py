@@ -81,6 +81,7 @@ from cardigan.gan.checkpoint import (
     restore_rng,
     save_state,
 )
+from cardigan.gan.diffaug import parse_policy
 from cardigan.gan.fingerprint import fingerprinted_settings
 from cardigan.gan.losses import VGGPerceptualLoss, discriminator_losses, generator_losses
 from cardigan.gan.model_config import ModelConfig
@@ -126,6 +127,7 @@ def train_step(
         g_total, g_terms, fake = generator_losses(
             G, D_frozen, seg, real, encoder=E, vgg=vgg, lambda_feat=cfg.lambda_feat,
             lambda_kld=cfg.lambda_kld, lambda_vgg=cfg.lambda_vgg, lambda_l1=cfg.lambda_l1,
+            diffaug=parse_policy(cfg.diffaug),
         )
     g_total.backward()
     opt_G.step()
@@ -133,7 +135,8 @@ def train_step(
 
     opt_D.zero_grad(set_to_none=True)
     with autocast():
-        d_total, d_terms = discriminator_losses(D, seg, fake.detach(), real)
+        d_total, d_terms = discriminator_losses(D, seg, fake.detach(), real,
+                                                parse_policy(cfg.diffaug))
     d_total.backward()
     opt_D.step()
     terms = {**g_terms, "g_total": g_total, **d_terms, "d_total": d_total}

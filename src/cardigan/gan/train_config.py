@@ -40,6 +40,7 @@ class TrainConfig:
     lambda_vgg: float
     lambda_l1: float
     perceptual_weights: str | None
+    diffaug: str
     ema_decay: float
     amp: bool
     channels_last: bool
