@@ -121,13 +121,14 @@ def train_step(
     the generator loss runs through with its weights frozen (no DDP gradient sync for D there).
     Returns the detached loss terms.
     """
+    diffaug = parse_policy(cfg.diffaug)
     D_frozen.requires_grad_(False)
     opt_G.zero_grad(set_to_none=True)
     with autocast():
         g_total, g_terms, fake = generator_losses(
             G, D_frozen, seg, real, encoder=E, vgg=vgg, lambda_feat=cfg.lambda_feat,
             lambda_kld=cfg.lambda_kld, lambda_vgg=cfg.lambda_vgg, lambda_l1=cfg.lambda_l1,
-            diffaug=parse_policy(cfg.diffaug),
+            diffaug=diffaug,
         )
     g_total.backward()
     opt_G.step()
@@ -135,8 +136,7 @@ def train_step(
 
     opt_D.zero_grad(set_to_none=True)
     with autocast():
-        d_total, d_terms = discriminator_losses(D, seg, fake.detach(), real,
-                                                parse_policy(cfg.diffaug))
+        d_total, d_terms = discriminator_losses(D, seg, fake.detach(), real, diffaug)
     d_total.backward()
     opt_D.step()
     terms = {**g_terms, "g_total": g_total, **d_terms, "d_total": d_total}
