@@ -1,5 +1,6 @@
 # cardiGAN: CAMUS -> SPADE GAN -> synthetic image/mask segmentation dataset.
-# Stages: phantom (default source) -> extract -> train -> sample -> export -> evaluate -> manifest.
+# Stages: phantom (default source) -> extract -> train -> sample -> export -> evaluate
+# (-> label_budget, when configured) -> manifest.
 from snakemake.utils import min_version
 
 min_version("8.0")
@@ -15,6 +16,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/export.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/label_budget.smk"
 include: "workflow/rules/manifest.smk"
 
 

@@ -12,7 +12,7 @@ import cardigan
 ROOT = Path(cardigan.__file__).parent
 #: The subpackages in the order the pipeline runs them; a module may import its own stage and
 #: earlier ones. Top-level modules (the CLI, the public facades) may import any stage.
-STAGES = ("core", "phantom", "data", "gan", "synth", "export", "evaluate")
+STAGES = ("core", "phantom", "data", "gan", "synth", "export", "evaluate", "label_budget")
 
 
 def module_name(path: Path) -> str:

@@ -129,3 +129,30 @@ def export_test_split(**kind):
 
 def evaluate_outputs():
     return layout.evaluate_outputs()
+
+
+# The label-budget curve (section label_budget): one folder per budget, keyed by its patient
+# count; the full train split is the last point: the default run's GAN, samples and evaluation.
+BUDGETS = [str(b) for b in sorted(config["label_budget"]["patients"])]
+
+
+def budget_extracted(budget, **kind):
+    """A budget's train subset, as extracted HDF5 files of its own."""
+    return layout.extracted(
+        ["train"], VIEWS, data_dir=layout.budget_data_dir(budget), **kind
+    )
+
+
+def budget_train_outputs(budget):
+    return layout.train_outputs(layout.budget_train_dir(budget))
+
+
+def budget_evaluate_outputs(budget):
+    return layout.evaluate_outputs(layout.budget_evaluate_dir(budget))
+
+
+def label_budget_metrics():
+    """metrics.csv of every point of the curve, the full split (the main evaluation) last."""
+    return [budget_evaluate_outputs(b)["metrics"] for b in BUDGETS] + [
+        evaluate_outputs()["metrics"]
+    ]

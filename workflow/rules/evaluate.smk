@@ -39,5 +39,8 @@ rule evaluate:
         views=config["data"]["views"],
         code=code("evaluate"),
         data_dir=lambda wildcards, input: str(Path(input.real_test[0]).parent),
+        train_dir=lambda wildcards, input: str(Path(input.real_train[0]).parent),
+        # summary.md links the label-budget curve when there is one
+        label_budget=bool(BUDGETS),
     script:
         "../scripts/evaluate.py"

@@ -9,6 +9,18 @@ rule manifest:
         export=rules.export.output,
         nnunet=(rules.nnunet.output if "nnunet" in config["export"]["formats"] else []),
         evaluate=rules.evaluate.output if config["evaluate"]["enabled"] else [],
+        label_budget=(
+            rules.label_budget.output
+            + expand(layout.budget_patients_file("{budget}"), budget=BUDGETS)
+            + expand(budget_train_outputs("{budget}")["generator"], budget=BUDGETS)
+            + expand(layout.budget_samples("{budget}"), budget=BUDGETS)
+            + expand(
+                budget_evaluate_outputs("{budget}")["summary"],
+                budget=BUDGETS,
+            )
+            if BUDGETS
+            else []
+        ),
     output:
         layout.MANIFEST,
     log:

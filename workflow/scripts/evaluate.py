@@ -15,5 +15,7 @@ if __name__ == "__main__":
             summary_md=snakemake.output.summary,
             worst_png=snakemake.output.worst,
             threads=snakemake.threads,
+            train_dir=snakemake.params.train_dir,
+            label_budget=snakemake.params.label_budget,
         )
         log.info("evaluate: wrote %s", ", ".join(snakemake.output))

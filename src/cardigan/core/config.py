@@ -270,6 +270,18 @@ def check_semantics(config: Mapping[str, Any]) -> None:
     inception = evaluate["inception_weights"]
     if inception and not Path(inception).is_file():
         raise ConfigError(f"config key evaluate.inception_weights: {inception} is not a file")
+    finetuned = "finetuned" in evaluate["settings"] or config["label_budget"]["patients"]
+    if finetuned and evaluate["iterations"] < 2:
+        raise ConfigError(f"config key evaluate.iterations: {evaluate['iterations']}; the "
+                          "finetuned setting (and the label-budget curve, which runs it) needs at "
+                          "least 2: pretraining and fine-tuning")
+    if config["label_budget"]["patients"]:
+        arms = load_schema()["properties"]["evaluate"]["properties"]["settings"]["items"]["enum"]
+        if not evaluate["enabled"] or set(evaluate["settings"]) != set(arms):
+            raise ConfigError(
+                "config key label_budget.patients: the label-budget curve compares every arm and "
+                "takes its full-split point from the evaluation: it needs evaluate.enabled: true "
+                f"and evaluate.settings: {arms} (config/presets/label_budget_cpu.yaml has both)")
 
 
 def check_values(section: str, values: Mapping[str, Any]) -> None:

@@ -17,13 +17,18 @@ METADATA = f"{DATA_DIR}/metadata.csv"
 TRAIN_DIR = f"{RESULTS}/train"
 #: The training state: not a declared output (Snakemake deletes a failed job's outputs, and the
 #: checkpoint must survive a killed job to resume from).
-TRAIN_STATE_DIR = f"{TRAIN_DIR}/state"
+TRAIN_STATE_DIR = f"{TRAIN_DIR}/state"  # = train_state_dir(TRAIN_DIR)
 GENERATOR = f"{TRAIN_DIR}/generator.pt"
 SAMPLES = f"{RESULTS}/sample/samples.h5"
 EXPORT_DIR = f"{RESULTS}/export"
 SYNTHETIC = f"{EXPORT_DIR}/synthetic.h5"
 EVALUATE_DIR = f"{RESULTS}/evaluate"
 MANIFEST = f"{RESULTS}/manifest.tsv"
+#: The label-budget curve: one folder per budget (``{LABEL_BUDGET_DIR}/<patients>``, and
+#: ``FULL_BUDGET`` for the full train split, which reuses the default run's GAN and samples).
+LABEL_BUDGET_DIR = f"{RESULTS}/label_budget"
+FULL_BUDGET = "all"
+BUDGET_PATIENTS = "patients.tsv"  # in a budget's data folder: its patients and their grades
 
 
 def image_file(split: str, view: str, data_dir: str = DATA_DIR) -> str:
@@ -98,3 +103,43 @@ def stage_log(stage: str) -> str:
 
 def benchmark(stage: str) -> str:
     return f"{RESULTS}/benchmarks/{stage}.tsv"
+
+
+def budget_dir(budget: str) -> str:
+    """A label budget's folder (``budget``: its patient count, or a wildcard pattern)."""
+    return f"{LABEL_BUDGET_DIR}/{budget}"
+
+
+def budget_data_dir(budget: str) -> str:
+    """A budget's train subset, as an extracted train split of its own."""
+    return f"{budget_dir(budget)}/data"
+
+
+def budget_patients_file(budget: str) -> str:
+    return f"{budget_data_dir(budget)}/{BUDGET_PATIENTS}"
+
+
+def budget_train_dir(budget: str) -> str:
+    return f"{budget_dir(budget)}/train"
+
+
+def train_state_dir(train_dir: str) -> str:
+    """A training run's state folder (checkpoints to resume from), inside its train folder."""
+    return f"{train_dir}/state"
+
+
+def budget_samples(budget: str) -> str:
+    return f"{budget_dir(budget)}/sample/samples.h5"
+
+
+def budget_evaluate_dir(budget: str) -> str:
+    return f"{budget_dir(budget)}/evaluate"
+
+
+def label_budget_outputs() -> dict[str, str]:
+    """Declared outputs of the curve over all budgets."""
+    return {
+        "curve_png": f"{LABEL_BUDGET_DIR}/label_budget.png",
+        "curve_csv": f"{LABEL_BUDGET_DIR}/label_budget.csv",
+        "summary": f"{LABEL_BUDGET_DIR}/summary.md",
+    }

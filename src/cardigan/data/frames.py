@@ -103,3 +103,27 @@ def stack(frames: list[Frame]) -> tuple[np.ndarray, np.ndarray]:
     if not frames:
         raise ValueError("no frames to stack")
     return np.stack([f.image for f in frames]), np.stack([f.mask for f in frames])
+
+
+def copy_frames(images_h5: str | Path, annos_h5: str | Path, out_images_h5: str | Path,
+                out_annos_h5: str | Path, patients: Iterable[str]) -> set[str]:
+    """Copy the frames of ``patients`` from one split/view pair of files to a new pair, with the
+    files' and datasets' attributes (a subset of a split in the same contract). Returns the
+    patients that had frames there."""
+    keep = set(patients)
+    found: set[str] = set()
+    with h5py.File(images_h5, "r") as fi, h5py.File(annos_h5, "r") as fa, \
+            h5py.File(out_images_h5, "w") as oi, h5py.File(out_annos_h5, "w") as oa:
+        for src, dst in ((fi, oi), (fa, oa)):
+            dst.attrs.update(dict(src.attrs))
+        for key in sorted(fi.keys()):
+            patient, view, _, instant = parse_key(key)
+            if patient not in keep:
+                continue
+            mkey = mask_key(patient, view, instant)
+            if mkey not in fa:
+                raise ValueError(f"{annos_h5}: no mask {mkey!r} for image {key!r} of {images_h5}")
+            fi.copy(fi[key], oi, name=key)
+            fa.copy(fa[mkey], oa, name=mkey)
+            found.add(patient)
+    return found

@@ -15,6 +15,7 @@ import pandas as pd
 
 from cardigan.core.labels import STRUCTURES
 from cardigan.core.plots import label_rgb, plt
+from cardigan.evaluate.runs import finetune_split
 
 #: The spread verdict: the synthetic-trained segmenter's per-image Dice std may be this many times
 #: the real-trained one's; and its worst test image may be this much below the real one's worst.
@@ -22,6 +23,9 @@ SPREAD_LIMIT = 1.5
 WORST_GAP_LIMIT = 0.10
 
 COLUMNS = ["setting", "instant", "structure", "metric", "mean", "std", "n"]
+
+#: The settings compared with real (Dice(setting) - Dice(real), "usefulness"), in table order.
+USEFULNESS_SETTINGS = ("synthetic", "mixed", "finetuned")
 
 #: Published Dice on real CAMUS (from ../shared/docs/camus.md, "Reference results").
 REFERENCES = [
@@ -149,6 +153,14 @@ def _mixing_sentence(cfg: dict, settings: list[str]) -> str:
             "synthetic one otherwise (evaluate.mixed_real_fraction). ")
 
 
+def _finetune_sentence(cfg: dict, settings: list[str]) -> str:
+    if "finetuned" not in settings:
+        return ""
+    pre, fine = finetune_split(cfg["iterations"], cfg["finetune_fraction"])
+    return (f"Finetuned: {pre} iterations on the synthetic images, then {fine} on the real ones "
+            "(evaluate.finetune_fraction), a fresh optimiser for each. ")
+
+
 # One function per section of summary.md, all with the same arguments and each returning its
 # lines up to and including a closing blank line, so that summary_text only has to join them.
 
@@ -175,6 +187,7 @@ def _intro_section(df: pd.DataFrame, info: dict) -> list[str]:
         + ", ".join(f"{s} {info['n_train'][s]}" for s in settings)
         + f" (synthetic: {info['samples_per_mask']:.2g} images per mask on average). "
         + _mixing_sentence(cfg, settings)
+        + _finetune_sentence(cfg, settings)
         + f"Real test split: {info['n_test']} frames ({', '.join(info['instants'])}).",
         "",
     ]
@@ -187,19 +200,23 @@ def _usefulness_section(df: pd.DataFrame, info: dict) -> list[str]:
     lines = ["## Usefulness: synthetic and mixed vs real", ""]
     use = df[df.metric == "usefulness_dice"]
     if use.empty:
-        return lines + ["Not computed: it needs the `real` setting and `synthetic` and/or `mixed`.",
-                        ""]
+        return lines + ["Not computed: it needs the `real` setting and `synthetic`, `mixed` or "
+                        "`finetuned`.", ""]
     lines += ["Dice of a segmenter trained on the setting minus Dice of one trained on the real "
               "train split, on the real test split, paired by segmenter seed (mean ± std over "
               "seeds). Negative: the synthetic data teaches less than the real data.", "",
               "| | " + " | ".join(structures) + " |", "|---|" + "---|" * len(structures)]
-    for s in ("synthetic", "mixed"):
+    for s in USEFULNESS_SETTINGS:
         if s not in settings:
             continue
         rows = [_get(use, setting=s, structure=st) for st in structures]
         lines.append(f"| {s} − real | " + " | ".join(
             f"{r['mean']:+.3f} ± {r['std']:.3f}" if r is not None else "n/a" for r in rows) + " |")
-    return lines + [""] + [f"- {v}" for v in _usefulness_verdicts(df, use, settings)] + [""]
+    lines += [""] + [f"- {v}" for v in _usefulness_verdicts(df, use, settings)] + [""]
+    if info.get("label_budget_link"):
+        lines += [f"How many real labels the synthetic data is worth: the label-budget curve, "
+                  f"[{info['label_budget_link']}]({info['label_budget_link']}).", ""]
+    return lines
 
 
 def _usefulness_verdicts(df: pd.DataFrame, use: pd.DataFrame, settings: list[str]) -> list[str]:

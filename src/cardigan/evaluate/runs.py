@@ -62,14 +62,42 @@ class _Inputs:
 _inputs: _Inputs | None = None  # a worker's inputs, set once by _init_worker
 
 
+def finetune_split(iterations: int, fraction: float) -> tuple[int, int]:
+    """The finetuned setting's (pretraining, fine-tuning) iterations: together ``iterations``,
+    at least one each."""
+    if iterations < 2:
+        raise ValueError(f"evaluate.iterations: {iterations}; the finetuned setting needs at least "
+                         "2 (pretraining and fine-tuning)")
+    fine = min(iterations - 1, max(1, round(iterations * fraction)))
+    return iterations - fine, fine
+
+
+def _train(job: Job, inputs: _Inputs) -> segmenter.TrainedSegmenter:
+    cfg = inputs.cfg
+    common = dict(batch_size=cfg["batch_size"], lr=cfg["lr"], seed=job.seed,
+                  channels=cfg["channels"], device=torch.device(inputs.device))
+    name = f"{job.setting} seed {job.seed}"
+    if job.setting != "finetuned":
+        data = inputs.training_sets[job.setting]
+        return segmenter.train_segmenter(
+            data.images, data.masks, iterations=cfg["iterations"], name=name,
+            first_fraction=inputs.mixing if job.setting == "mixed" else None, **common)
+    # Pretrain on the synthetic images, then fine-tune the same network on the real ones (a
+    # fresh optimiser), within the iterations every other setting gets.
+    pre, fine = finetune_split(cfg["iterations"], cfg["finetune_fraction"])
+    synth, real = inputs.training_sets["synthetic"], inputs.training_sets["real"]
+    pretrained = segmenter.train_segmenter(synth.images, synth.masks, iterations=pre,
+                                           name=f"{name} (pretraining on synthetic)", **common)
+    tuned = segmenter.train_segmenter(real.images, real.masks, iterations=fine,
+                                      name=f"{name} (fine-tuning on real)",
+                                      start_from=pretrained.model, **common)
+    tuned.losses[:0] = pretrained.losses
+    return tuned
+
+
 def _run(job: Job, inputs: _Inputs) -> RunResult:
     start = time.perf_counter()
-    data, cfg = inputs.training_sets[job.setting], inputs.cfg
-    seg = segmenter.train_segmenter(
-        data.images, data.masks, iterations=cfg["iterations"], batch_size=cfg["batch_size"],
-        lr=cfg["lr"], seed=job.seed, channels=cfg["channels"], device=torch.device(inputs.device),
-        name=f"{job.setting} seed {job.seed}",
-        first_fraction=inputs.mixing if job.setting == "mixed" else None)
+    seg = _train(job, inputs)
     pred = segmenter.predict(seg, inputs.test.images)
     scores = metrics.dice_hd95(pred, inputs.test.masks, inputs.test.spacing)
     tail = seg.losses[-max(1, len(seg.losses) // 10):]

@@ -134,19 +134,21 @@ def train_segmenter(
     device: torch.device,
     name: str = "",
     first_fraction: tuple[int, float] | None = None,
+    start_from: UNet | None = None,
 ) -> TrainedSegmenter:
     """Train a U-Net for ``iterations`` Adam steps on batches drawn uniformly with replacement.
 
     ``images`` (N, H, W) uint8 and ``masks`` (N, H, W) labels 0..3. ``first_fraction`` =
     ``(n, f)``: each batch element comes from the first ``n`` images with probability ``f`` and
     from the others otherwise (the mixed setting's share of real images), instead of uniformly.
-    Deterministic on the CPU for a fixed seed and thread count.
+    ``start_from``: train this network further (fine-tuning) instead of a new one. Deterministic
+    on the CPU for a fixed seed and thread count.
     """
     if len(images) == 0:
         raise ValueError(f"setting {name!r}: no training images")
     check_image_size(images.shape, channels)
     torch.manual_seed(seed)
-    model = build_unet(channels).to(device)
+    model = build_unet(channels).to(device) if start_from is None else start_from
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     aug = Augment(seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cardigan.core import layout
 from cardigan.core.atomic import atomic_outputs
 from cardigan.core.labels import INSTANTS
 from cardigan.evaluate import features, metrics, report, runs, segmenter, texture
@@ -18,7 +20,7 @@ from cardigan.evaluate.data import ImageSet, load_real, load_synthetic
 
 log = logging.getLogger("cardigan")
 
-SETTINGS = ("real", "synthetic", "mixed")
+SETTINGS = ("real", "synthetic", "mixed", "finetuned")
 WORST_SHOWN = 6  # real test images shown in worst.png
 
 
@@ -70,7 +72,7 @@ def usefulness_rows(per_seed: dict[str, list[dict]]) -> list[dict]:
     rows = []
     if "real" not in per_seed:
         return rows
-    for setting in ("synthetic", "mixed"):
+    for setting in report.USEFULNESS_SETTINGS:
         if setting not in per_seed:
             continue
         for st in per_seed["real"][0]:
@@ -161,8 +163,14 @@ def run_evaluate(
     summary_md: str | Path,
     worst_png: str | Path,
     threads: int = 1,
+    train_dir: str | Path | None = None,
+    label_budget: bool = False,
 ) -> pd.DataFrame:
     """Run the whole evaluation and write metrics.csv, dice.png, worst.png and summary.md.
+
+    The real train split is read from ``train_dir`` (default ``data_dir``: a label budget's
+    subset lives in a folder of its own), the real test split from ``data_dir``.
+    ``label_budget``: summary.md links the label-budget curve (:mod:`cardigan.label_budget`).
 
     ``cfg`` is the validated ``evaluate`` config section. Nothing is written unless every step
     succeeds (outputs are written to temp files and renamed at the end). ``threads``: CPU
@@ -173,7 +181,8 @@ def run_evaluate(
     settings = [s for s in SETTINGS if s in cfg["settings"]]
     device = segmenter.resolve_device(cfg["device"])
     log.info("evaluate: settings %s on %s, %d threads", settings, device, torch.get_num_threads())
-    images = _load_images(synthetic_h5, data_dir, views)
+    images = _load_images(synthetic_h5, data_dir if train_dir is None else train_dir, data_dir,
+                          views)
     seeds = [cfg["seed"] + r for r in range(cfg["repeats"])]
     results = _train_segmenters(images, settings, seeds, cfg, device, threads)
     rows, per_seed, first_pred = _segmentation_measures(images, settings, results)
@@ -181,6 +190,9 @@ def run_evaluate(
     rows += _inception_fid_rows(images, cfg, device)
     df = report.metrics_frame(rows)
     info = _summary_info(images, settings, seeds, source, cfg)
+    if label_budget:
+        info["label_budget_link"] = Path(os.path.relpath(
+            layout.label_budget_outputs()["summary"], Path(summary_md).parent)).as_posix()
     _write_outputs(df, info, images.test, per_seed, first_pred,
                    Path(metrics_csv), Path(dice_png), Path(worst_png), Path(summary_md))
     return df
@@ -195,16 +207,19 @@ class _Images:
     instants: list[str]  # those of the test split, in INSTANTS order
 
 
-def _load_images(synthetic_h5: str | Path, data_dir: str | Path, views: list[str]) -> _Images:
-    train = load_real(data_dir, "train", views)
-    test = load_real(data_dir, "test", views)
+def _load_images(synthetic_h5: str | Path, train_dir: str | Path, test_dir: str | Path,
+                 views: list[str]) -> _Images:
+    train = load_real(train_dir, "train", views)
+    test = load_real(test_dir, "test", views)
     synth = load_synthetic(synthetic_h5)
     for name, s in (("real test", test), ("synthetic", synth)):
         if s.images.shape[1:] != train.images.shape[1:]:
             raise ValueError(f"{name} images are {s.images.shape[1:]} but real train images are "
                              f"{train.images.shape[1:]}: export and extract disagree on data.image_size")
-    # mixed puts the real images first: _train_segmenters relies on it
-    training_sets = {"real": train, "synthetic": synth, "mixed": ImageSet.concat(train, synth)}
+    # mixed puts the real images first: _train_segmenters relies on it; finetuned trains on the
+    # same images, the synthetic ones first (runs._run)
+    both = ImageSet.concat(train, synth)
+    training_sets = {"real": train, "synthetic": synth, "mixed": both, "finetuned": both}
     instants = [i for i in INSTANTS if i in set(test.instant)]
     log.info("real train %d, real test %d, synthetic %d frames", len(train), len(test), len(synth))
     return _Images(train, test, synth, training_sets, instants)
