@@ -86,6 +86,12 @@ def test_unknown_key_is_named():
         ({"evaluate": {"inception_weights": "/no/inception.pth"}}, "evaluate.inception_weights"),
         ({"export": {"formats": ["h5", "nnunet"], "nnunet": {"test_split": True}},
           "sample": {"mask_splits": ["train", "test"]}}, "export.nnunet.test_split"),
+        ({"label_budget": {"patients": [5]}}, "label_budget.patients: the label-budget curve"),
+        ({"label_budget": {"patients": [5]}, "evaluate": {
+            "enabled": False, "settings": ["real", "synthetic", "mixed", "finetuned"]}},
+         "evaluate.enabled: true"),
+        ({"evaluate": {"settings": ["real", "finetuned"], "iterations": 1}},
+         "evaluate.iterations: 1; the finetuned setting"),
     ],
 )
 def test_semantic_errors_name_the_key(patch, needle):

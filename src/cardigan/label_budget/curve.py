@@ -98,12 +98,14 @@ def equivalent_patients(patients: np.ndarray, dice: np.ndarray, target: float,
 
 
 def label_savings(curve: pd.DataFrame, structure: str) -> list[Saving]:
-    """One :class:`Saving` per budget below the full split, for one structure (or "mean")."""
+    """One :class:`Saving` per budget, for one structure (or "mean"). At the full split (the last
+    point) there is no larger real-only budget to match: the verdict only says whether the best
+    synthetic arm is above, below or not resolved from real only."""
     sub = curve[curve.structure == structure]
     real = sub[sub.arm == "real"].sort_values("patients")
     p, d = real.patients.to_numpy(), real["mean"].to_numpy()
     out = []
-    for budget in p[:-1]:
+    for budget in p:
         at = sub[(sub.patients == budget) & (sub.arm != "real")]
         best = at.loc[at["mean"].idxmax()]
         ref = real[real.patients == budget].iloc[0]
