@@ -175,7 +175,7 @@ def _evaluate(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
     Path(a.out_dir).mkdir(parents=True, exist_ok=True)
     run_evaluate(a.synthetic, a.data_dir, cfg["data"]["views"], cfg["evaluate"],
                  cfg["data"]["source"], out["metrics"], out["dice"], out["summary"],
-                 out["worst"],                  threads=a.threads)
+                 out["worst"], threads=a.threads)
 
 
 Stage = tuple[str, Callable[[argparse.ArgumentParser], None],
@@ -187,7 +187,8 @@ SUBCOMMANDS: dict[str, Stage] = {
     "train": ("train the SPADE GAN on the train split (config: train)", _train_args, _train),
     "sample": ("the generator on real and deformed masks (config: sample)", _sample_args, _sample),
     "export": ("synthetic.h5, nnU-Net dataset, preview, card (config: export)", _export_args, _export),
-    "evaluate": ("U-Nets on real, synthetic, mixed data (config: evaluate)", _evaluate_args, _evaluate),
+    "evaluate": ("U-Nets on real, synthetic, mixed (or finetuned) data (config: evaluate)",
+                 _evaluate_args, _evaluate),
 }
 
 

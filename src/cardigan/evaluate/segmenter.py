@@ -1,8 +1,8 @@
 """The segmenter the evaluation trains: MONAI's 2D U-Net, DiceCE loss, a fixed iteration budget.
 
-Every training setting (real, synthetic, mixed) gets the same network, initial weights (same
-seed), iterations, batch size, learning rate, augmentation and sampling stream, so the only thing
-that differs between settings is the training data.
+Every training setting (real, synthetic, mixed, finetuned) gets the same network, initial weights
+(same seed), iterations, batch size, learning rate, augmentation and sampling stream, so the only
+thing that differs between settings is the training data.
 """
 
 from __future__ import annotations
