@@ -26,7 +26,7 @@ def _closure(stage: str) -> set[str]:
 
 def test_each_stage_reaches_the_modules_it_runs_and_no_others():
     closures = {s.stem: _closure(s.stem) for s in SCRIPTS.glob("*.py")}
-    assert len(closures) == 8, sorted(closures)
+    assert len(closures) == 11, sorted(closures)
     assert {"gan/train.py", "gan/model.py", "gan/generator.py", "gan/losses.py",
             "gan/checkpoint.py"} <= closures["train"]
     assert {"synth/sample.py", "gan/generator.py", "synth/deform.py", "data/masks.py"} \
@@ -41,6 +41,15 @@ def test_each_stage_reaches_the_modules_it_runs_and_no_others():
     assert not gan & (closures["extract"] | closures["phantom"] | closures["evaluate"]
                       | closures["nnunet"])
     assert not {p for p in closures["train"] if p.startswith(("synth/", "export/", "evaluate/"))}
+    # The label-budget curve's scripts: a budget's subset needs no GAN, its GAN no evaluation,
+    # and no stage of the main run reaches the curve's code (a curve edit re-runs no GAN).
+    assert {"label_budget/subsets.py", "data/frames.py"} <= closures["label_budget_data"]
+    assert not {p for p in closures["label_budget_data"] if p.startswith("gan/")}
+    assert {"label_budget/training.py", "gan/train.py"} <= closures["label_budget_train"]
+    assert not {p for p in closures["label_budget_train"] if p.startswith("evaluate/")}
+    assert "label_budget/curve.py" in closures["label_budget"]
+    main_run = ("phantom", "extract", "train", "sample", "export", "nnunet", "evaluate", "manifest")
+    assert not {p for s in main_run for p in closures[s] if p.startswith("label_budget/")}
 
 
 def test_fingerprint_follows_content_not_timestamps(tmp_path):
