@@ -37,7 +37,6 @@ rule budget_train:
         images=rules.budget_data.output.images,
         annos=rules.budget_data.output.annos,
         full_images=extracted(["train"], anno=False),
-        full_annos=extracted(["train"], images=False),
     output:
         generator=budget_train_outputs("{budget}")["generator"],
         config=budget_train_outputs("{budget}")["config"],

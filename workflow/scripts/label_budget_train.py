@@ -9,7 +9,6 @@ with stage_logging(snakemake.log[0], "label_budget_train", snakemake.threads):
         images_h5=list(snakemake.input.images),
         annos_h5=list(snakemake.input.annos),
         full_images_h5=list(snakemake.input.full_images),
-        full_annos_h5=list(snakemake.input.full_annos),
         out_dir=Path(snakemake.output.generator).parent,
         state_dir=snakemake.params.state_dir,
         cfg=TrainConfig.from_dict(dict(snakemake.params.train)),

@@ -85,6 +85,13 @@ def iter_frames(images_h5: str | Path, annos_h5: str | Path) -> Iterator[Frame]:
             yield Frame(patient, view, instant, image, mask, spacing)  # type: ignore[arg-type]
 
 
+def frame_ids(images_h5: str | Path) -> list[tuple[str, str, str]]:
+    """(patient, view, instant) of every image in one file, in :func:`iter_frames` order, from
+    the dataset names alone (no pixels read)."""
+    with h5py.File(images_h5, "r") as f:
+        return [(p, v, i) for p, v, _, i in map(parse_key, sorted(f.keys()))]
+
+
 def load_frames(
     data_dir: str | Path, split: str, views: Iterable[str], instants: Iterable[str] | None = None
 ) -> list[Frame]:

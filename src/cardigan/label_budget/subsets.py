@@ -18,7 +18,7 @@ import pandas as pd
 
 from cardigan.core import layout
 from cardigan.core.atomic import atomic_outputs
-from cardigan.data.frames import copy_frames, iter_frames, split_paths
+from cardigan.data.frames import copy_frames, frame_ids, split_paths
 
 #: Grades from best to worst; a patient whose frames have several takes the worst of them.
 GRADES = ("Good", "Medium", "Poor")
@@ -26,8 +26,8 @@ GRADES = ("Good", "Medium", "Poor")
 
 def train_patients(data_dir: str | Path, views: Iterable[str]) -> list[str]:
     """The patients of the extracted train split (any of ``views``), sorted."""
-    return sorted({f.patient for view in views
-                   for f in iter_frames(*split_paths(data_dir, "train", view))})
+    return sorted({patient for view in views
+                   for patient, _, _ in frame_ids(split_paths(data_dir, "train", view)[0])})
 
 
 def patient_grades(metadata: pd.DataFrame, patients: Iterable[str],

@@ -13,10 +13,10 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from cardigan.data.frames import frame_ids
 from cardigan.gan.launch import run_training
 from cardigan.gan.state import Plan
 from cardigan.gan.train_config import TrainConfig
-from cardigan.gan.training_data import training_frame_ids
 
 log = logging.getLogger("cardigan")
 
@@ -35,13 +35,14 @@ def budget_config(cfg: TrainConfig, budget_frames: int, full_frames: int) -> Tra
 
 
 def run_budget_training(*, images_h5: Sequence[str | Path], annos_h5: Sequence[str | Path],
-                        full_images_h5: Sequence[str | Path], full_annos_h5: Sequence[str | Path],
+                        full_images_h5: Sequence[str | Path],
                         out_dir: str | Path, state_dir: str | Path, cfg: TrainConfig,
                         image_size: int, threads: int | None = None) -> TrainConfig:
     """Train a budget's GAN (:func:`run_training` with :func:`budget_config`); return the
     config it trained with."""
-    budget_frames = len(training_frame_ids(images_h5, annos_h5))
-    full_frames = len(training_frame_ids(full_images_h5, full_annos_h5))
+    # counted from the dataset names: the pixels are read once, by the training itself
+    budget_frames = sum(len(frame_ids(p)) for p in images_h5)
+    full_frames = sum(len(frame_ids(p)) for p in full_images_h5)
     scaled = budget_config(cfg, budget_frames, full_frames)
     log.info("label budget: %d of the train split's %d frames, %d epochs instead of %d (the full "
              "split's %d iterations)", budget_frames, full_frames, scaled.epochs, cfg.epochs,
