@@ -91,7 +91,7 @@ def train_config(args: argparse.Namespace, settings: PathSettings) -> TrainConfi
                  z_dim=args.z_dim, num_upsampling_layers=args.num_upsampling_layers,
                  batch_size=args.batch, amp=settings.amp, channels_last=settings.channels_last,
                  compile=settings.compile, device=args.device.split(":")[0],
-                 diffaug=args.diffaug)
+                 diffaug=args.diffaug, discriminator=args.discriminator)
     return TrainConfig.from_dict(train)
 
 
@@ -217,6 +217,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--diffaug", default="",
                    help="train.diffaug: the discriminator's input augmentation (e.g. "
                         "color,translation,cutout; default none)")
+    p.add_argument("--discriminator", default="patchgan", choices=["patchgan", "oasis"],
+                   help="train.discriminator (oasis: the segmentation discriminator, LabelMix)")
     p.add_argument("--z-dim", type=int, default=256)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--compile", action="store_true", help="torch.compile G and D (optimised path)")

@@ -332,6 +332,24 @@ def test_dice_by_image_quality_and_the_worst_image():
     assert "LV_endo -0.300" in text
 
 
+def test_the_area_predicted_far_from_the_structure():
+    from cardigan.evaluate.report import _outside_section, metrics_frame, outside_worst
+
+    def scores(*outside):
+        return {"LA": {"outside": np.array(outside)}}
+
+    per_seed = {"real": [scores(0.0, 0.02), scores(0.0, 0.0)],
+                "synthetic": [scores(0.1, 0.6), scores(np.nan, 0.4)]}
+    worst = outside_worst(per_seed)
+    assert worst == {"real": {"LA": pytest.approx(0.01)}, "synthetic": {"LA": pytest.approx(0.5)}}
+    rows = [dict(setting=s, instant="all", structure="LA", metric="outside", mean=m, std=0.0, n=2)
+            for s, m in (("real", 0.005), ("synthetic", 0.367))]
+    text = "\n".join(_outside_section(metrics_frame(rows), {"settings": ["real", "synthetic"],
+                                                            "outside_worst": worst}))
+    assert "| real | 0.5 (1.0) |" in text and "| synthetic | 36.7 (50.0) |" in text
+    assert "more than 5 mm" in text
+
+
 def test_real_frames_carry_their_grade(tmp_path):
     from cardigan.evaluate.data import load_real
 

@@ -121,7 +121,7 @@ def test_discriminate_splits_fake_and_real():
     _, (G, D, _), seg, real = _models()
     D.eval()  # no spectral-norm power iteration between the two calls
     fake = G(seg).detach()
-    fake_preds, real_preds = discriminate(D, seg, fake, real)
+    fake_preds, real_preds, *_ = discriminate(D, seg, fake, real)
     alone = D(real, seg)  # instance norm: batching fake with real changes nothing
     for joint, single in zip(real_preds, alone, strict=True):
         for a, b in zip(joint, single, strict=True):

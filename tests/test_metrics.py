@@ -73,6 +73,24 @@ def test_empty_prediction_counts_and_does_not_crash():
     assert math.isnan(m) and math.isnan(s) and n == 0
 
 
+def test_outside_counts_only_what_lies_beyond_the_margin_in_mm():
+    """A chamber taken for the LA far away counts, a boundary error near it does not."""
+    gt, pred = _labels(2, size=40), _labels(2, size=40)
+    gt[:, 10:20, 10:20] = 3  # 100 px atrium
+    pred[:, 9:21, 9:21] = 3  # one pixel too wide all round: within the margin
+    pred[1, 30:35, 30:35] = 3  # plus a 25 px blob far away (another chamber)
+    r = metrics.dice_hd95(pred, gt, [(1.0, 1.0)] * 2)["LA"]
+    np.testing.assert_allclose(r["outside"], [0.0, 0.25])
+    assert np.isnan(metrics.dice_hd95(pred, gt, [(1.0, 1.0)] * 2)["LV_endo"]["outside"]).all()
+    # the margin is in mm: 12 columns away is 12 mm at 1 mm per column, 3 mm at 0.25
+    gt2, pred2 = _labels(1, size=40), _labels(1, size=40)
+    gt2[0, 10:20, 10:20] = 3
+    pred2[0, 10:20, 31:32] = 3  # 12 columns right of the atrium's last column
+    coarse = metrics.dice_hd95(pred2, gt2, [(1.0, 1.0)])["LA"]["outside"][0]
+    fine = metrics.dice_hd95(pred2, gt2, [(1.0, 0.25)])["LA"]["outside"][0]
+    assert coarse == pytest.approx(0.10) and fine == 0.0
+
+
 def test_dice_hd95_rejects_mismatched_inputs():
     with pytest.raises(ValueError, match="spacing"):
         metrics.dice_hd95(_labels(2), _labels(2), [(1.0, 1.0)])

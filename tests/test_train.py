@@ -126,11 +126,13 @@ def test_outputs_and_cpu_determinism(data, baseline, tmp_path, caplog):
     assert gen(seg).shape == (1, 1, 64, 64)
 
 
-def test_exact_resume_after_kill(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("discriminator", ["patchgan", "oasis"])
+def test_exact_resume_after_kill(data, tmp_path, monkeypatch, discriminator):
     """Killed during iteration 5 (last checkpoint at 4), resumed: same weights, optimiser state,
     logs and grids bit for bit as an uninterrupted run. With the VAE so that the RNG state
-    matters; log_every 3 so that the resumed run continues a half-accumulated interval."""
-    opts = dict(use_vae=True, log_every=3, checkpoint_every=4)
+    matters (and LabelMix's coins with the segmentation discriminator); log_every 3 so that the
+    resumed run continues a half-accumulated interval."""
+    opts = dict(use_vae=True, log_every=3, checkpoint_every=4, discriminator=discriminator)
     full = run(data, tmp_path / "full", **opts)
 
     real_step = train_mod.train_step

@@ -15,6 +15,7 @@ import pandas as pd
 
 from cardigan.core.labels import STRUCTURES
 from cardigan.core.plots import label_rgb, plt
+from cardigan.evaluate.metrics import OUTSIDE_MARGIN_MM
 from cardigan.evaluate.runs import finetune_split
 
 #: The spread verdict: the synthetic-trained segmenter's per-image Dice std may be this many times
@@ -292,6 +293,42 @@ def _quality_section(df: pd.DataFrame, info: dict) -> list[str]:
     return lines + [""]
 
 
+def _outside_section(df: pd.DataFrame, info: dict) -> list[str]:
+    """How much each segmenter predicts far from the structure (another chamber taken for it)."""
+    worst = info.get("outside_worst")
+    if not worst:
+        return []
+    structures = list(next(iter(worst.values())))
+    lines = ["## Predicted far from the structure", "",
+             f"Area a segmenter labels as the structure more than {OUTSIDE_MARGIN_MM:g} mm away "
+             "from it (`outside` in metrics.csv), in % of the structure's area: mean over test "
+             "images and segmenter seeds, and in brackets the worst test image (mean over seeds). "
+             "For the LA this is mostly the right atrium, which CAMUS leaves unlabelled, taken "
+             "for the left one.", "",
+             "| trained on | " + " | ".join(structures) + " |",
+             "|---|" + "---|" * len(structures)]
+    for s in info["settings"]:
+        cells = []
+        for st in structures:
+            row = _get(df, setting=s, instant="all", structure=st, metric="outside")
+            mean = float("nan") if row is None else row["mean"]
+            cells.append(f"{100 * mean:.1f} ({100 * worst[s][st]:.1f})")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def outside_worst(per_seed: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """Per setting and structure, the largest per-image ``outside`` share (mean over seeds)."""
+    worst = {}
+    for setting, seeds in per_seed.items():
+        worst[setting] = {}
+        for st in seeds[0]:
+            per_image = np.nanmean(np.stack([d[st]["outside"] for d in seeds]), axis=0)
+            worst[setting][st] = float(np.nanmax(per_image)) if np.isfinite(per_image).any() \
+                else float("nan")
+    return worst
+
+
 def _dice_table_section(df: pd.DataFrame, info: dict) -> list[str]:
     """Our pooled Dice per setting beside the published references, and what worst.png shows."""
     structures = list(STRUCTURES)
@@ -436,7 +473,8 @@ def _inception_fid_sentence(df: pd.DataFrame) -> str:
     return "Standard FID (pytorch-fid Inception-v3 pool3 features): " + ", ".join(parts) + "."
 
 
-_SECTIONS = (_intro_section, _usefulness_section, _quality_section, _dice_table_section,
+_SECTIONS = (_intro_section, _usefulness_section, _quality_section, _outside_section,
+             _dice_table_section,
              _hd95_section, _texture_section, _diversity_section, _fidelity_distance_section)
 
 

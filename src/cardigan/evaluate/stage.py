@@ -41,7 +41,8 @@ def segmentation_rows(setting: str, per_seed: list[dict], test: ImageSet,
     ``per_seed`` holds one :func:`metrics.dice_hd95` result per seed. ``dice``: mean over images
     and seeds, std over images (averaged over seeds); ``dice_seed_std``: std over seeds of the
     per-seed mean (n = seeds); ``hd95``: over all finite values; ``hd95_undefined``: share of
-    empty predictions.
+    empty predictions; ``outside``: the predicted area far from the structure (share of its
+    area), over all images and seeds.
     """
     rows = []
     for instant in [*instants, "all"]:
@@ -63,6 +64,10 @@ def segmentation_rows(setting: str, per_seed: list[dict], test: ImageSet,
             undefined = float(np.mean(~np.isfinite(hd))) if n else float("nan")
             rows.append(dict(setting=setting, instant=instant, structure=st,
                              metric="hd95_undefined", mean=undefined, std=float("nan"), n=n))
+            outside = np.stack([d[st]["outside"][sel] for d in per_seed])
+            out_mean, out_std, _ = metrics.summarise(outside.ravel())
+            rows.append(dict(setting=setting, instant=instant, structure=st, metric="outside",
+                             mean=out_mean, std=out_std, n=n))
     return rows
 
 
@@ -329,7 +334,8 @@ def _write_outputs(df: pd.DataFrame, info: dict, test: ImageSet, per_seed: dict[
     per_image = {s: np.mean([np.stack([d[st]["dice"] for st in d]) for d in per_seed[s]], axis=0)
                  for s in settings}  # (structures, test images), mean over seeds
     structures = list(per_seed[settings[0]][0])
-    info = {**info, "by_quality": report.by_quality(per_image, structures, test.quality)}
+    info = {**info, "by_quality": report.by_quality(per_image, structures, test.quality),
+            "outside_worst": report.outside_worst(per_seed)}
     outputs = [
         (metrics_csv, lambda p: p.write_bytes(report.csv_bytes(df))),
         (dice_png, lambda p: report.plot_dice(df, settings, [*info["instants"], "all"], p,

@@ -29,6 +29,10 @@ def fingerprinted_settings(cfg: TrainConfig, image_size: int, data_hash: str) ->
         settings.pop("diffaug")  # off: the fingerprint of states trained before it existed
     if not cfg.lambda_l1:
         settings.pop("lambda_l1")  # off: the fingerprint of states trained before it existed
+    model = cfg.model_config(image_size).to_dict()
+    if model["discriminator"] == "patchgan":
+        model.pop("discriminator")  # the fingerprint of states trained before it existed
+        settings.pop("lambda_labelmix")  # unused: changing it must not throw a state away
     # The model code too: weights trained by other network code are never resumed.
-    return {"model": cfg.model_config(image_size).to_dict(), "train": settings, "data": data_hash,
+    return {"model": model, "train": settings, "data": data_hash,
             "trainer": TRAINER_VERSION, "model_code": code_fingerprint("cardigan.gan.model")}

@@ -1,4 +1,5 @@
-"""SPADE's losses: hinge GAN, discriminator feature matching, KL, VGG19 perceptual.
+"""SPADE's losses: hinge GAN, discriminator feature matching, KL, VGG19 perceptual; and OASIS's
+per-pixel N+1 adversarial loss with LabelMix for the segmentation discriminator.
 
 Reductions follow NVlabs/SPADE: every GAN/feature-matching term is averaged over the
 discriminator scales; the KL term is summed over z and averaged over the batch (the reference
@@ -60,6 +61,49 @@ def kl_loss(mu: Tensor, logvar: Tensor) -> Tensor:
     global batch's mean and ``lambda_kld`` means the same at any ``batch_size`` and ``gpus``."""
     mu, logvar = mu.float(), logvar.float()
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / mu.shape[0]
+
+
+# --------------------------------------------------------------------------------------------
+# OASIS: the segmentation discriminator's N+1 loss and LabelMix (Schönfeld et al. 2021)
+# --------------------------------------------------------------------------------------------
+FAKE_CLASS = 0  # logit 0 is "fake"; class c of the mask is logit c + 1
+
+
+def class_balance(seg: Tensor) -> Tensor:
+    """Per-pixel weights (B, H, W) from a one-hot (B, L, H, W): every class present in the batch
+    weighs in alike, each pixel inversely to its class's pixel count (a thin atrium counts as much
+    as the background); pixels without a label (cutout) weigh 0."""
+    seg = seg.float()
+    counts = seg.sum(dim=(0, 2, 3))
+    present = (counts > 0).sum().clamp_min(1)
+    coeff = seg[:, 0].numel() / (present * counts.clamp_min(1.0))
+    return (seg * coeff.view(1, -1, 1, 1)).sum(1)
+
+
+def n1_loss(logits: Tensor, seg: Tensor, *, real: bool) -> Tensor:
+    """Cross-entropy of per-pixel logits (B, L+1, H, W) against the mask's classes, class-balanced
+    (``real``: what the discriminator must say of real images and the generator wants it to say
+    of fakes), or against "fake" everywhere (the discriminator on fakes)."""
+    logits = logits.float()
+    if not real:
+        target = torch.full_like(logits[:, 0], FAKE_CLASS, dtype=torch.long)
+        return F.cross_entropy(logits, target)
+    target = seg.argmax(1) + 1
+    return (F.cross_entropy(logits, target, reduction="none") * class_balance(seg)).mean()
+
+
+def labelmix_map(seg: Tensor) -> Tensor:
+    """(B, 1, H, W) in {0, 1}: each label region of each image taken from the real image (1) or
+    the fake (0), a fair coin per region, drawn from torch's RNG."""
+    coins = torch.randint(0, 2, seg.shape[:2], device=seg.device).to(seg.dtype)
+    return (seg * coins[:, :, None, None]).sum(1, keepdim=True)
+
+
+def labelmix_loss(mixed: Tensor, fake: Tensor, real: Tensor, mix: Tensor) -> Tensor:
+    """Mean squared difference between the discriminator's logits on the mixed image and the same
+    mix of its logits on the fake and the real image (its decision must follow the regions)."""
+    mix = mix.float()
+    return F.mse_loss(mixed.float(), mix * real.float() + (1 - mix) * fake.float())
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,16 +205,28 @@ class VGGPerceptualLoss(nn.Module):
 # One training iteration's two halves
 # --------------------------------------------------------------------------------------------
 def discriminate(discriminator: nn.Module, seg: Tensor, fake: Tensor, real: Tensor,
-                 diffaug: Sequence[str] = ()) -> tuple[Preds, Preds]:
+                 diffaug: Sequence[str] = (), *, labelmix: bool = False
+                 ) -> tuple[Preds, Preds, Tensor, Tensor | None, Tensor | None]:
     """Run fake and real through the discriminator in one batch (as the reference does, which
     matters for batch norm), each pair augmented alike with the ``diffaug`` transforms
-    (:mod:`cardigan.gan.diffaug`); returns ``(fake_preds, real_preds)``."""
-    images, segs = augment_pairs(torch.cat([fake, real]), torch.cat([seg, seg]), diffaug)
-    preds = discriminator(images, segs)
+    (:mod:`cardigan.gan.diffaug`). With ``labelmix`` a third batch goes along: the augmented real
+    and fake mixed along their (augmented) label regions.
+
+    Returns ``(fake_preds, real_preds, seg, mixed_logits, mix)``: ``seg`` is the augmented mask
+    (the same for both halves); the last two are None without ``labelmix``."""
     n = fake.shape[0]
+    images, segs = augment_pairs(torch.cat([fake, real]), torch.cat([seg, seg]), diffaug)
+    seg = segs[:n]
+    mix = None
+    if labelmix:
+        mix = labelmix_map(seg)
+        images = torch.cat([images, mix * images[n:] + (1 - mix) * images[:n]])
+        segs = torch.cat([segs, seg])
+    preds = discriminator(images, segs)
     fake_preds = [[f[:n] for f in scale] for scale in preds]
-    real_preds = [[f[n:] for f in scale] for scale in preds]
-    return fake_preds, real_preds
+    real_preds = [[f[n:2 * n] for f in scale] for scale in preds]
+    mixed = preds[0][-1][2 * n:] if labelmix else None
+    return fake_preds, real_preds, seg, mixed, mix
 
 
 def generator_losses(
@@ -186,10 +242,12 @@ def generator_losses(
     lambda_vgg: float = 10.0,
     lambda_l1: float = 0.0,
     diffaug: Sequence[str] = (),
+    discriminator_kind: str = "patchgan",
 ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
     """The generator half of an iteration: ``(total, weighted terms, fake)``.
 
-    Terms: ``g_gan`` (hinge), ``g_feat`` (feature matching x lambda_feat, when > 0), ``g_kld``
+    Terms: ``g_gan`` (hinge; with ``discriminator_kind`` "oasis" the class-balanced N+1 loss
+    towards the mask's classes), ``g_feat`` (feature matching x lambda_feat, when > 0), ``g_kld``
     (with an encoder, x lambda_kld), ``g_vgg`` (with a perceptual loss, x lambda_vgg), ``g_l1``
     (mean absolute difference between fake and real, x lambda_l1, when > 0: pix2pix's
     reconstruction term, a pixel-level stand-in for the perceptual loss when no VGG weights are
@@ -202,8 +260,11 @@ def generator_losses(
         z = reparameterize(mu, logvar)
         terms["g_kld"] = kl_loss(mu, logvar) * lambda_kld
     fake = generator(seg, z)
-    fake_preds, real_preds = discriminate(discriminator, seg, fake, real, diffaug)
-    terms["g_gan"] = hinge_g_loss(fake_preds)
+    fake_preds, real_preds, seg_seen, _, _ = discriminate(discriminator, seg, fake, real, diffaug)
+    if discriminator_kind == "oasis":
+        terms["g_gan"] = n1_loss(fake_preds[0][-1], seg_seen, real=True)
+    else:
+        terms["g_gan"] = hinge_g_loss(fake_preds)
     if lambda_feat > 0:
         terms["g_feat"] = feature_matching_loss(real_preds, fake_preds) * lambda_feat
     if vgg is not None:
@@ -214,8 +275,22 @@ def generator_losses(
 
 
 def discriminator_losses(discriminator: nn.Module, seg: Tensor, fake: Tensor, real: Tensor,
-                         diffaug: Sequence[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
-    """The discriminator half: ``(total, {"d_fake", "d_real"})``; ``fake`` is detached here."""
-    fake_preds, real_preds = discriminate(discriminator, seg, fake.detach(), real, diffaug)
-    terms = {"d_fake": _hinge(fake_preds, real=False), "d_real": _hinge(real_preds, real=True)}
-    return terms["d_fake"] + terms["d_real"], terms
+                         diffaug: Sequence[str] = (), *, discriminator_kind: str = "patchgan",
+                         lambda_labelmix: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """The discriminator half: ``(total, {"d_fake", "d_real"[, "d_labelmix"]})``; ``fake`` is
+    detached here. Hinge for the PatchGAN; for "oasis" the N+1 loss (fake pixels -> "fake",
+    real pixels -> their class, class-balanced) and, with ``lambda_labelmix`` > 0, LabelMix."""
+    oasis = discriminator_kind == "oasis"
+    labelmix = oasis and lambda_labelmix > 0
+    fake_preds, real_preds, seg_seen, mixed, mix = discriminate(
+        discriminator, seg, fake.detach(), real, diffaug, labelmix=labelmix)
+    if not oasis:
+        terms = {"d_fake": _hinge(fake_preds, real=False), "d_real": _hinge(real_preds, real=True)}
+    else:
+        fake_logits, real_logits = fake_preds[0][-1], real_preds[0][-1]
+        terms = {"d_fake": n1_loss(fake_logits, seg_seen, real=False),
+                 "d_real": n1_loss(real_logits, seg_seen, real=True)}
+        if labelmix:
+            terms["d_labelmix"] = labelmix_loss(mixed, fake_logits, real_logits, mix) \
+                * lambda_labelmix
+    return sum(terms.values()), terms

@@ -29,6 +29,8 @@ the upsampling depth divides:
 - ``MultiscaleDiscriminator``: ``num_D`` PatchGANs on the image concatenated with the one-hot
   mask, the input average-pooled (3x3, stride 2) between scales; every layer's output is returned
   so the generator can be trained with feature matching.
+- ``SegmentationDiscriminator`` (``discriminator: oasis``): OASIS's U-Net that labels each pixel
+  with its class or "fake" (:mod:`cardigan.gan.segmentation_discriminator`).
 
 Weights are initialised like the reference (xavier normal, gain 0.02; zero biases), drawing only
 from torch's global RNG, so a model built after ``torch.manual_seed(s)`` is always the same.
@@ -43,14 +45,17 @@ from cardigan.gan.discriminator import MultiscaleDiscriminator
 from cardigan.gan.encoder import ConvEncoder
 from cardigan.gan.generator import SPADEGenerator
 from cardigan.gan.model_config import ModelConfig
+from cardigan.gan.segmentation_discriminator import SegmentationDiscriminator
+
+DISCRIMINATORS = {"patchgan": MultiscaleDiscriminator, "oasis": SegmentationDiscriminator}
 
 
 def build_models(
     cfg: ModelConfig,
-) -> tuple[SPADEGenerator, MultiscaleDiscriminator, ConvEncoder | None]:
+) -> tuple[SPADEGenerator, MultiscaleDiscriminator | SegmentationDiscriminator, ConvEncoder | None]:
     """Generator, discriminator and (with ``use_vae``) encoder, in that order, from torch's RNG."""
     generator = SPADEGenerator(cfg)
-    discriminator = MultiscaleDiscriminator(cfg)
+    discriminator = DISCRIMINATORS[cfg.discriminator](cfg)
     encoder = ConvEncoder(cfg) if cfg.use_vae else None
     return generator, discriminator, encoder
 

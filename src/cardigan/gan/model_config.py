@@ -22,6 +22,7 @@ class ModelConfig:
     norm_G: str = default("train", "norm_G")  # param-free norm inside SPADE
     norm_D: str = default("train", "norm_D")
     spade_hidden: int = default("train", "spade_hidden")
+    discriminator: str = default("train", "discriminator")  # patchgan | oasis
     num_D: int = default("train", "num_D")
     n_layers_D: int = default("train", "n_layers_D")
     use_vae: bool = default("train", "use_vae")

@@ -122,13 +122,14 @@ def train_step(
     Returns the detached loss terms.
     """
     diffaug = parse_policy(cfg.diffaug)
+    kind = cfg.network["discriminator"]
     D_frozen.requires_grad_(False)
     opt_G.zero_grad(set_to_none=True)
     with autocast():
         g_total, g_terms, fake = generator_losses(
             G, D_frozen, seg, real, encoder=E, vgg=vgg, lambda_feat=cfg.lambda_feat,
             lambda_kld=cfg.lambda_kld, lambda_vgg=cfg.lambda_vgg, lambda_l1=cfg.lambda_l1,
-            diffaug=diffaug,
+            diffaug=diffaug, discriminator_kind=kind,
         )
     g_total.backward()
     opt_G.step()
@@ -136,7 +137,9 @@ def train_step(
 
     opt_D.zero_grad(set_to_none=True)
     with autocast():
-        d_total, d_terms = discriminator_losses(D, seg, fake.detach(), real, diffaug)
+        d_total, d_terms = discriminator_losses(D, seg, fake.detach(), real, diffaug,
+                                                discriminator_kind=kind,
+                                                lambda_labelmix=cfg.lambda_labelmix)
     d_total.backward()
     opt_D.step()
     terms = {**g_terms, "g_total": g_total, **d_terms, "d_total": d_total}
@@ -154,7 +157,10 @@ def loss_columns(cfg: TrainConfig) -> list[str]:
         cols.append("g_vgg")
     if cfg.lambda_l1 > 0:
         cols.append("g_l1")
-    return cols + ["g_total", "d_real", "d_fake", "d_total"]
+    cols += ["g_total", "d_real", "d_fake"]
+    if cfg.network["discriminator"] == "oasis" and cfg.lambda_labelmix > 0:
+        cols.append("d_labelmix")
+    return cols + ["d_total"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ class TrainConfig:
     lambda_l1: float
     perceptual_weights: str | None
     diffaug: str
+    lambda_labelmix: float
     ema_decay: float
     amp: bool
     channels_last: bool
