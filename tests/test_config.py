@@ -34,8 +34,9 @@ def test_defaults_are_filled_into_a_sparse_config():
     assert cfg["data"]["instants"] == ["ED", "ES"]
     assert cfg["phantom"] == {"patients": 50, "seed": 0, "valid_patients": None, "test_patients": None,
                               "quality_shares": {"Good": 0.35, "Medium": 0.40, "Poor": 0.25}}
-    assert cfg["train"]["lr_G"] == pytest.approx(1e-4)
-    assert cfg["train"]["lr_D"] == pytest.approx(4e-4)
+    assert cfg["train"]["lr_G"] == pytest.approx(2e-4)
+    assert cfg["train"]["lr_D"] == pytest.approx(2e-4)
+    assert cfg["train"]["beta1"] == pytest.approx(0.5)
     assert cfg["sample"]["augment"]["max_tries"] == 20
     assert cfg["export"]["nnunet"]["dataset_id"] == 501
 

@@ -253,8 +253,11 @@ def test_lr_schedule_in_training(baseline):
     rows = read_csv(baseline[0] / "train_log.csv")  # 6 iterations, decay from iteration 3
     expect = [lr_factor(s, 6, 3) for s in range(6)]
     assert expect == [1, 1, 1, 1, pytest.approx(2 / 3), pytest.approx(1 / 3)]
-    assert [float(r["lr_G"]) for r in rows] == pytest.approx([1e-4 * f for f in expect], rel=1e-5)
-    assert [float(r["lr_D"]) for r in rows] == pytest.approx([4e-4 * f for f in expect], rel=1e-5)
+    cfg = TrainConfig.from_dict(TINY)
+    assert [float(r["lr_G"]) for r in rows] == pytest.approx([cfg.lr_G * f for f in expect],
+                                                             rel=1e-5)
+    assert [float(r["lr_D"]) for r in rows] == pytest.approx([cfg.lr_D * f for f in expect],
+                                                             rel=1e-5)
     sched = state_of(baseline[1])["sched_G"]
     assert sched["last_epoch"] == 6 and sched["_last_lr"] == [0.0]
 
