@@ -176,8 +176,9 @@ def test_epochs_increase_continues(data, baseline, tmp_path, caplog):
     # the lr follows the new total's schedule (constant for iterations 0-5, then decaying to 0
     # at 12), where the first run had decayed to 1/3 by its last iteration
     lr = [float(r["lr_G"]) for r in rows]
-    assert lr[5] == pytest.approx(1e-4 * lr_factor(5, 6, 3), rel=1e-5)
-    assert lr[6:] == pytest.approx([1e-4 * lr_factor(s, 12, 6) for s in range(6, 12)], rel=1e-5)
+    base = TrainConfig.from_dict(TINY).lr_G
+    assert lr[5] == pytest.approx(base * lr_factor(5, 6, 3), rel=1e-5)
+    assert lr[6:] == pytest.approx([base * lr_factor(s, 12, 6) for s in range(6, 12)], rel=1e-5)
     assert sorted(p.name for p in (root / "samples").iterdir()) == [
         f"epoch_{e:04d}.png" for e in (1, 2, 3, 4)]
     assert json.loads((root / "config.json").read_text())["train"]["epochs"] == 4
@@ -188,7 +189,7 @@ def test_changed_setting_does_not_reuse_stale_state(data, baseline, tmp_path, ca
     a = baseline[1]
     old = state_of(a)
     with caplog.at_level(logging.INFO, logger="cardigan"):
-        b = run(data, root, lr_G=2e-4)
+        b = run(data, root, lr_G=3e-4)
     assert b.fingerprint != a.fingerprint
     assert "training from the start" in caplog.text and "resuming" not in caplog.text
     assert "also holds states of other settings" in caplog.text
@@ -198,7 +199,7 @@ def test_changed_setting_does_not_reuse_stale_state(data, baseline, tmp_path, ca
     # settings that do not change the weights keep using the state (here: already finished)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="cardigan"):
-        c = run(data, root, lr_G=2e-4, log_every=3, checkpoint_every=5, sample_every=2,
+        c = run(data, root, lr_G=3e-4, log_every=3, checkpoint_every=5, sample_every=2,
                 device="cpu", amp=False, gpus=1)
     assert c.fingerprint == b.fingerprint and "resuming" in caplog.text and c.step == 6
 
