@@ -17,7 +17,7 @@ class NLayerDiscriminator(nn.Module):
         super().__init__()
         nf = cfg.ndf
         stages: list[nn.Module] = [
-            nn.Sequential(conv(1 + cfg.label_nc, nf, 4, stride=2, padding=2),
+            nn.Sequential(conv(1 + cfg.cond_nc, nf, 4, stride=2, padding=2),
                           nn.LeakyReLU(LRELU_SLOPE))
         ]
         for n in range(1, cfg.n_layers_D):

@@ -30,6 +30,8 @@ def fingerprinted_settings(cfg: TrainConfig, image_size: int, data_hash: str) ->
     if not cfg.lambda_l1:
         settings.pop("lambda_l1")  # off: the fingerprint of states trained before it existed
     model = cfg.model_config(image_size).to_dict()
+    if not model["background_classes"]:
+        model.pop("background_classes")  # off: the fingerprint of states trained before it existed
     if model["discriminator"] == "patchgan":
         model.pop("discriminator")  # the fingerprint of states trained before it existed
         settings.pop("lambda_labelmix")  # unused: changing it must not throw a state away

@@ -66,8 +66,8 @@ class SPADEGenerator(nn.Module):
         return F.interpolate(x, scale_factor=2, mode="nearest")
 
     def _check_seg(self, seg: torch.Tensor) -> None:
-        if seg.dim() != 4 or seg.shape[1] != self.cfg.label_nc:
-            raise ValueError(f"seg must be a (B,{self.cfg.label_nc},H,W) one-hot map, got shape "
+        if seg.dim() != 4 or seg.shape[1] != self.cfg.cond_nc:
+            raise ValueError(f"seg must be a (B,{self.cfg.cond_nc},H,W) one-hot map, got shape "
                              f"{tuple(seg.shape)}")
 
     def _block_inputs(self):

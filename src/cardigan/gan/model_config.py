@@ -15,6 +15,7 @@ class ModelConfig:
     defaults are the config schema's (``train`` section, ``data.image_size``)."""
 
     label_nc: int = default("train", "label_nc")
+    background_classes: int = default("train", "background_classes")  # pseudo-labels (gan.background)
     image_size: int = default("data", "image_size")
     ngf: int = default("train", "ngf")
     ndf: int = default("train", "ndf")
@@ -64,9 +65,16 @@ class ModelConfig:
         return self.noise_dim
 
     @property
+    def cond_nc(self) -> int:
+        """Classes of the map the networks are conditioned on: the mask's labels and the
+        background's pseudo-classes (:mod:`cardigan.gan.background`)."""
+        return self.label_nc + self.background_classes
+
+    @property
     def seg_nc(self) -> int:
-        """Channels of the map every SPADE layer reads: the one-hot mask (+ the 3D noise)."""
-        return self.label_nc + self.noise_dim
+        """Channels of the map every SPADE layer reads: the one-hot condition map (+ the 3D
+        noise)."""
+        return self.cond_nc + self.noise_dim
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

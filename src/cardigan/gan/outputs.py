@@ -20,6 +20,7 @@ from cardigan.core.plots import plot_losses
 from cardigan.core.version import __version__
 from cardigan.data.plausibility import plausibility_record
 from cardigan.gan.appearance import Appearance
+from cardigan.gan.background import BackgroundBank
 from cardigan.gan.generator_file import save_generator
 from cardigan.gan.model_config import ModelConfig
 from cardigan.gan.styles import BANK_KEY, StyleBank
@@ -57,9 +58,11 @@ class TrainOutputs:
         return self.out_dir / OUTPUTS[name]
 
     def write_generator(self, ema: nn.Module, step: int, style_bank: StyleBank | None,
-                        appearance: Appearance) -> None:
+                        appearance: Appearance, background: BackgroundBank | None = None
+                        ) -> None:
         """generator.pt: the EMA weights, and what sampling needs without the training data (the
-        plausibility ranges of the train masks, the style bank, grey levels and speckle)."""
+        plausibility ranges of the train masks, the style bank, grey levels and speckle, the
+        background's pseudo-classes)."""
         extra = {"train": self.cfg.to_dict(), "image_size": self.model_cfg.image_size,
                  "step": step, "epochs": self.cfg.epochs, "fingerprint": self.fingerprint,
                  "data_sha256": self.data_sha256, "ema": True,
@@ -67,6 +70,8 @@ class TrainOutputs:
         if style_bank is not None:
             extra[BANK_KEY] = style_bank.to_extra()
         extra.update(appearance.to_extra())
+        if background is not None:
+            extra.update(background.to_extra())
         save_generator(self.path("generator"), ema, self.model_cfg, extra=extra)
 
     def write_config(self, resolved: dict[str, Any]) -> None:

@@ -2,8 +2,8 @@
 
 Our own implementation of the paper's design (read in the authors' code for understanding, not
 copied): a U-Net of residual blocks that sees the image alone and labels every pixel with one of
-the ``label_nc`` classes or "fake" (``label_nc + 1`` logits per pixel). Where the PatchGAN says
-how real a patch looks, this one says what each pixel is, so the generator is told, pixel by
+the ``cond_nc`` classes of the condition map or "fake" (``cond_nc + 1`` logits per pixel). Where
+the PatchGAN says how real a patch looks, this one says what each pixel is, so the generator is told, pixel by
 pixel, where its drawing does not read as the class of the mask — also in the background, which
 the PatchGAN only sees beside its one-hot channel.
 
@@ -76,7 +76,7 @@ class ResBlockD(nn.Module):
 
 
 class SegmentationDiscriminator(nn.Module):
-    """Per-pixel logits over ``label_nc`` classes (index 1..label_nc) and "fake" (index 0)."""
+    """Per-pixel logits over ``cond_nc`` classes (index 1..cond_nc) and "fake" (index 0)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -91,7 +91,7 @@ class SegmentationDiscriminator(nn.Module):
         outs = [widths[depth - 2 - i] if i < depth - 1 else cfg.ndf for i in range(depth)]
         ins = [widths[-1]] + [outs[i - 1] + widths[depth - 1 - i] for i in range(1, depth)]
         self.up = nn.ModuleList(ResBlockD(ins[i], outs[i], +1) for i in range(depth))
-        self.head = conv(outs[-1], cfg.label_nc + 1, 1)
+        self.head = conv(outs[-1], cfg.cond_nc + 1, 1)
         # At the reference's init gain the logits start near 0 and the N+1 loss barely moves
         # for a hundred iterations (tests/test_segmentation_discriminator.py); the spectral
         # convs before it do not care about their scale.

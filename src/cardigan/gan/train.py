@@ -74,6 +74,7 @@ from cardigan.core.atomic import write_text_atomic
 from cardigan.core.config import config_hash
 from cardigan.core.device import bf16_autocast_enabled
 from cardigan.gan.appearance import Appearance
+from cardigan.gan.background import BackgroundBank, condition_maps
 from cardigan.gan.checkpoint import (
     STATE_NAME,
     capture_rng,
@@ -233,7 +234,9 @@ def _train(*, images_h5, annos_h5, out_dir: Path, state_dir: Path, cfg: TrainCon
     # ---- the training state: fresh, or continued from the saved one
     mem = torch.channels_last if device.type == "cuda" and cfg.channels_last else \
         torch.contiguous_format
-    batches = Batches(images, masks, plan, seed=cfg.seed, label_nc=model_cfg.label_nc,
+    # the map the networks are conditioned on: the masks, and the background's pseudo-classes
+    cond = condition_maps(images, masks, model_cfg.background_classes, model_cfg.label_nc)
+    batches = Batches(images, cond, plan, seed=cfg.seed, label_nc=model_cfg.cond_nc,
                       device=device, memory_format=mem)
     columns = loss_columns(cfg)
     losses = LossLogger(columns, log_every=cfg.log_every, device=device, world=world,
@@ -297,8 +300,10 @@ def _train(*, images_h5, annos_h5, out_dir: Path, state_dir: Path, cfg: TrainCon
         # real acquisitions' styles, grey levels and speckle: sampling needs no training data
         frame_ids = training_frame_ids(images_h5, annos_h5)
         bank = None if state.E is None else encode_bank(state.E, images, frame_ids, device)
+        background = None if not model_cfg.background_classes else BackgroundBank.build(
+            cond, frame_ids, model_cfg.label_nc, model_cfg.background_classes)
         outputs.write_generator(state.ema, state.step, bank,
-                                Appearance.measure(images, frame_ids))
+                                Appearance.measure(images, frame_ids), background)
         outputs.write_config({
             "device": device.type, "world_size": world, "batch_per_process": plan.local_batch,
             "amp_bf16": amp, "channels_last": mem is torch.channels_last,

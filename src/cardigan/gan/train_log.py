@@ -145,8 +145,8 @@ class SampleGrid:
         self.masks, self.images = masks[self.idx], images[self.idx]
         label_nc = model_cfg.label_nc
         device = masks_on_device.device
-        self.seg = one_hot(masks_on_device[torch.from_numpy(self.idx).to(device)], label_nc,
-                           check=False)
+        self.seg = one_hot(masks_on_device[torch.from_numpy(self.idx).to(device)],
+                           model_cfg.cond_nc, check=False)
         self.styles: list[tuple[torch.Tensor | None, torch.Tensor | None]] = [(None, None)]
         if is_multimodal(model_cfg):  # each style from its own seeded generator: RNG untouched
             seeds = np.arange(GRID_STYLES * len(self.idx)).reshape(GRID_STYLES, -1) + seed

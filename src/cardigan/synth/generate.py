@@ -130,7 +130,8 @@ def generate(generator: str | Path, masks: Any, styles: int | None = None,
     ranges = _ranges(loaded, aug.n)
     index = {id(s): i for i, s in enumerate(sources)}
     stats = DeformStats()
-    items = sample_items(sources, aug, ranges, int(cfg["seed"]), int(cfg["samples_per_mask"]), stats)
+    items = sample_items(sources, aug, ranges, int(cfg["seed"]), int(cfg["samples_per_mask"]),
+                         stats, loaded.background)
     images, out_masks, rows, labels = [], [], [], []
     bank = StyleBank.from_extra(loaded.extra)
     for batch, imgs, styles_used in batched(

@@ -36,6 +36,7 @@ from cardigan.data.masks import (
 )
 from cardigan.data.plausibility import AreaRanges, check_plausible, topology
 from cardigan.gan.appearance import Appearance
+from cardigan.gan.background import BackgroundBank
 from cardigan.gan.generator import SPADEGenerator
 from cardigan.gan.generator_file import load_generator
 from cardigan.gan.layers import one_hot
@@ -44,6 +45,7 @@ from cardigan.gan.styles import StyleBank, draw_styles, effective_source, is_mul
 from cardigan.synth.deform import (
     AugmentConfig,
     DeformStats,
+    deform_mask,
     deformed_variant,
     item_seed,
     params_json,
@@ -66,6 +68,7 @@ class _Item:
     augmentation: str
     seed: int
     style: int = 0  # which of the samples_per_mask images of this mask variant
+    cond: np.ndarray | None = None  # the map the generator reads, when it differs from the mask
 
 
 def load_sources(anno_paths: Sequence[str | Path], mask_path: str | Path | None,
@@ -103,10 +106,27 @@ def check_generator(cfg: ModelConfig, samples_per_mask: int, path: str | Path) -
                  "mask would be identical, so samples_per_mask must stay 1")
 
 
+def background_of(src: SourceMask, background: BackgroundBank) -> np.ndarray:
+    """The condition map of a source mask: its own training frame's background classes, or those
+    of the training frame it overlaps best (:meth:`BackgroundBank.for_mask`)."""
+    frame_id = None if src.source == "user" else f"{src.patient}_{src.view}_{src.instant}"
+    cond, donor = background.for_mask(src.mask, frame_id)
+    if donor != frame_id:
+        log.info("%s (%s %s %s): background classes borrowed from training frame %s",
+                 src.origin, src.patient, src.view, src.instant, donor)
+    return cond
+
+
 def sample_items(sources: Sequence[SourceMask], aug: AugmentConfig, ranges: AreaRanges, seed: int,
-           samples_per_mask: int, stats: DeformStats) -> Iterator[_Item]:
+                 samples_per_mask: int, stats: DeformStats,
+                 background: BackgroundBank | None = None) -> Iterator[_Item]:
+    """Each source mask's variants (itself, then its plausible deformations), each
+    ``samples_per_mask`` times with its own seed; with ``background``, each carries its condition
+    map, deformed with the mask."""
     for i, src in enumerate(sources):
-        variants: list[tuple[np.ndarray, str]] = [(src.mask, REAL_MASK_AUG)]
+        cond = None if background is None else background_of(src, background)
+        variants: list[tuple[np.ndarray, str, np.ndarray | None]] = [
+            (src.mask, REAL_MASK_AUG, cond)]
         if aug.n:
             reason = check_plausible(src.mask, None, topology(src.mask))
             if reason is not None:
@@ -124,20 +144,23 @@ def sample_items(sources: Sequence[SourceMask], aug: AugmentConfig, ranges: Area
                 log.warning("%s (%s %s %s): deformation %d rejected %d times: skipped",
                             src.origin, src.patient, src.view, src.instant, k, aug.max_tries)
                 continue
-            variants.append((made[0], params_json(made[1])))
-        for k, (mask, augmentation) in enumerate(variants):
+            # the same warp of the same pixels: the map's labels stay the deformed mask's
+            moved = None if cond is None else deform_mask(cond, made[1])
+            variants.append((made[0], params_json(made[1]), moved))
+        for k, (mask, augmentation, moved) in enumerate(variants):
             for s in range(samples_per_mask):
-                yield _Item(mask, src, k, augmentation, item_seed(seed, SEED_Z, i, k, s), s)
+                yield _Item(mask, src, k, augmentation, item_seed(seed, SEED_Z, i, k, s), s, moved)
 
 
 @torch.inference_mode()
 def render(generator: SPADEGenerator, masks: np.ndarray, z: torch.Tensor | None,
              device: torch.device, noise: torch.Tensor | None = None) -> np.ndarray:
-    """(B, H, W) uint8 masks -> (B, H, W) uint8 images: round((x + 1) * 127.5), clipped.
+    """(B, H, W) uint8 masks (condition maps) -> (B, H, W) uint8 images: round((x + 1) * 127.5),
+    clipped.
 
     ``z``/``noise``: the styles of :func:`cardigan.gan.styles.draw_styles` (None where the generator
     takes none)."""
-    seg = one_hot(torch.from_numpy(masks).to(device), generator.cfg.label_nc)
+    seg = one_hot(torch.from_numpy(masks).to(device), generator.cfg.cond_nc)
     if z is not None:
         z = z.to(device)
     if noise is not None:
@@ -168,7 +191,7 @@ def batched(generator: SPADEGenerator, items: Iterable[_Item], batch_size: int,
     def make(batch: list[_Item]) -> tuple[list[_Item], np.ndarray, list[str]]:
         styles = draw_styles(generator.cfg, [it.seed for it in batch], style_source, bank,
                              appearance.grey)
-        masks = np.stack([it.mask for it in batch[::group]])
+        masks = np.stack([it.mask if it.cond is None else it.cond for it in batch[::group]])
         images = render(generator, masks, styles.z, device, styles.noise)
         return batch, styles.apply(images, appearance), styles.labels
 
@@ -191,6 +214,13 @@ class Loaded:
     extra: dict[str, Any]
     device: torch.device
     path: Path
+
+    @property
+    def background(self) -> BackgroundBank | None:
+        """The training frames' background classes (None: a generator trained without them)."""
+        if not self.cfg.background_classes:
+            return None
+        return BackgroundBank.from_extra(self.extra, self.path)
 
 
 def open_generator(generator_path: str | Path, sample_cfg: Mapping[str, Any],
@@ -282,7 +312,7 @@ def _write_images(writer: SampleWriter, loaded: Loaded, settings: Settings,
     """Every sample, batch by batch, in the sources' order."""
     expected = _expected(sources, settings)
     items = sample_items(sources, settings.augment, ranges, settings.seed,
-                         settings.samples_per_mask, stats)
+                         settings.samples_per_mask, stats, loaded.background)
     next_log = 0
     for batch, images, styles in batched(
             loaded.generator, items, settings.batch_size, loaded.device,
