@@ -15,7 +15,7 @@ class ModelConfig:
     defaults are the config schema's (``train`` section, ``data.image_size``)."""
 
     label_nc: int = default("train", "label_nc")
-    background_classes: int = default("train", "background_classes")  # pseudo-labels (gan.background)
+    background_classes: int = default("train", "background_classes")  # gan.background
     image_size: int = default("data", "image_size")
     ngf: int = default("train", "ngf")
     ndf: int = default("train", "ndf")
