@@ -90,7 +90,7 @@ def bank_of(n=5, seed=0):
         masks[i] = np.roll(masks[i], 3 * i, axis=1)
     maps = condition_maps(images, masks, 2, 4)
     ids = [f"patient{i + 1:04d}_4CH_ED" for i in range(n)]
-    return BackgroundBank.build(maps, ids, 4, 2), masks, maps, ids
+    return BackgroundBank.build(maps, ids, 4), masks, maps, ids
 
 
 def test_bank_gives_a_training_frame_its_own_map():
@@ -117,16 +117,16 @@ def test_bank_round_trip_and_coarse_storage(monkeypatch, tmp_path):
     bank, masks, maps, ids = bank_of()
     path = tmp_path / "extra.pt"
     torch.save(bank.to_extra(), path)
-    back = BackgroundBank.from_extra(torch.load(path, weights_only=True))
+    back = BackgroundBank.from_extra(torch.load(path, weights_only=True), 4)
     assert back.ids == bank.ids and back.factor == 1 and np.array_equal(back.maps, bank.maps)
     monkeypatch.setattr(background_mod, "BANK_BYTES", maps[0].size)  # room for ~one frame
-    coarse = BackgroundBank.build(maps, ids, 4, 2)
+    coarse = BackgroundBank.build(maps, ids, 4)
     assert coarse.factor > 1 and coarse.maps.shape[1] == SIZE // coarse.factor
     cond, donor = coarse.for_mask(masks[1], ids[1])
     assert donor == ids[1] and cond.shape == masks[1].shape
     assert np.array_equal(cond[masks[1] > 0], masks[1][masks[1] > 0])
     with pytest.raises(ValueError, match="g.pt: .*no background bank"):
-        BackgroundBank.from_extra({}, "g.pt")
+        BackgroundBank.from_extra({}, 4, "g.pt")
 
 
 def test_deformations_move_the_map_with_the_mask():
@@ -166,7 +166,7 @@ def test_training_stores_the_bank_and_sampling_uses_it(trained, tmp_path, caplog
     data, generator = trained
     G, cfg, extra = load_generator(generator)
     assert cfg.background_classes == 2 and G.cfg.cond_nc == 6
-    bank = BackgroundBank.from_extra(extra)
+    bank = BackgroundBank.from_extra(extra, cfg.label_nc)
     with h5py.File(data[1]) as f:
         assert len(bank.ids) == len(f.keys()) == 12
     out = tmp_path / "samples.h5"

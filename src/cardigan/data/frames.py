@@ -39,6 +39,11 @@ class Frame:
     spacing: tuple[float, float]  # (row mm, column mm) after resizing
 
 
+def frame_id(patient: str, view: str, instant: str) -> str:
+    """``patient_view_instant``: how the generator file's banks name a training frame."""
+    return f"{patient}_{view}_{instant}"
+
+
 def image_key(patient: str, view: str, instant: str) -> str:
     return f"{patient}_{view}_im_channel{INSTANT_CHANNEL[instant]}"
 

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from cardigan.data.frames import load_frames
+from cardigan.data.frames import frame_id, load_frames
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def load_real(data_dir: str | Path, split: str, views: Iterable[str]) -> ImageSe
         spacing=np.array([f.spacing for f in frames], dtype=np.float64),
         instant=np.array([f.instant for f in frames]),
         view=np.array([f.view for f in frames]),
-        group=np.array([f"{split}:{f.patient}_{f.view}_{f.instant}" for f in frames]),
+        group=np.array([f"{split}:{frame_id(f.patient, f.view, f.instant)}" for f in frames]),
         quality=np.array([grades.get((f.patient, f.view, f.instant), "") for f in frames]),
     )
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -94,27 +95,30 @@ class BackgroundBank:
     one (:meth:`for_mask`)."""
 
     maps: np.ndarray  # (N, h, w) uint8 condition maps, h = image_size // factor
-    ids: tuple[str, ...]  # patient_view_instant of each map
+    ids: tuple[str, ...]  # patient_view_instant of each map (cardigan.data.frames.frame_id)
     factor: int  # maps are subsampled by this factor (1: full size)
-    label_nc: int
-    classes: int
+    label_nc: int  # the generator's (ModelConfig.label_nc): labels below it are structures
 
     @classmethod
-    def build(cls, maps: np.ndarray, ids: Sequence[str], label_nc: int, classes: int
-              ) -> BackgroundBank:
+    def build(cls, maps: np.ndarray, ids: Sequence[str], label_nc: int) -> BackgroundBank:
         if len(maps) != len(ids):
             raise ValueError(f"{len(maps)} condition maps but {len(ids)} frame ids")
         factor = _bank_factor(len(maps), maps.shape[-1])
         return cls(np.ascontiguousarray(maps[:, ::factor, ::factor]), tuple(ids), factor,
-                   label_nc, classes)
+                   label_nc)
 
     def to_extra(self) -> dict:
         return {BACKGROUND_KEY: {"maps": torch.from_numpy(self.maps.copy()), "ids": list(self.ids),
-                                 "factor": self.factor, "label_nc": self.label_nc,
-                                 "classes": self.classes}}
+                                 "factor": self.factor}}
+
+    @cached_property
+    def structures(self) -> np.ndarray:
+        """The maps' labelled structures alone (background classes as 0), for matching masks."""
+        return np.where(self.maps < self.label_nc, self.maps, 0)
 
     @classmethod
-    def from_extra(cls, extra: dict, path: object = "the generator file") -> BackgroundBank:
+    def from_extra(cls, extra: dict, label_nc: int, path: object = "the generator file"
+                   ) -> BackgroundBank:
         d = extra.get(BACKGROUND_KEY)
         if not d:
             raise ValueError(f"{path}: the generator was trained with train.background_classes "
@@ -124,17 +128,14 @@ class BackgroundBank:
         if maps.ndim != 3 or len(d["ids"]) != len(maps):
             raise ValueError(f"{path}: background bank of inconsistent shapes: maps "
                              f"{maps.shape}, {len(d['ids'])} ids")
-        return cls(maps, tuple(d["ids"]), int(d["factor"]), int(d["label_nc"]), int(d["classes"]))
-
-    def _labels(self, mask: np.ndarray) -> np.ndarray:
-        return mask[::self.factor, ::self.factor]
+        return cls(maps, tuple(d["ids"]), int(d["factor"]), label_nc)
 
     def donor(self, mask: np.ndarray, frame_id: str | None = None) -> int:
         """Index of the map that lends ``mask`` its background: its own frame's when ``frame_id``
         is a training frame with these labels, else the frame whose labels overlap it best (mean
         Dice over the labelled structures)."""
-        small = self._labels(mask)
-        fg = np.where(self.maps < self.label_nc, self.maps, 0)
+        small = mask[::self.factor, ::self.factor]
+        fg = self.structures
         if frame_id is not None and frame_id in self.ids:
             j = self.ids.index(frame_id)
             if np.array_equal(fg[j], small):

@@ -3,9 +3,9 @@
 Our own implementation of the paper's design (read in the authors' code for understanding, not
 copied): a U-Net of residual blocks that sees the image alone and labels every pixel with one of
 the ``cond_nc`` classes of the condition map or "fake" (``cond_nc + 1`` logits per pixel). Where
-the PatchGAN says how real a patch looks, this one says what each pixel is, so the generator is told, pixel by
-pixel, where its drawing does not read as the class of the mask — also in the background, which
-the PatchGAN only sees beside its one-hot channel.
+the PatchGAN says how real a patch looks, this one says what each pixel is, so the generator is
+told, pixel by pixel, where its drawing does not read as the class of the mask — also in the
+background, which the PatchGAN only sees beside its one-hot channel.
 
 - Encoder: ``depth`` residual blocks, each two 3x3 convs (LeakyReLU 0.2 before each but the
   first block's first) and a 2x2 average pool, with a learned 1x1 shortcut where the width

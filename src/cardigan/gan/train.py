@@ -301,7 +301,7 @@ def _train(*, images_h5, annos_h5, out_dir: Path, state_dir: Path, cfg: TrainCon
         frame_ids = training_frame_ids(images_h5, annos_h5)
         bank = None if state.E is None else encode_bank(state.E, images, frame_ids, device)
         background = None if not model_cfg.background_classes else BackgroundBank.build(
-            cond, frame_ids, model_cfg.label_nc, model_cfg.background_classes)
+            cond, frame_ids, model_cfg.label_nc)
         outputs.write_generator(state.ema, state.step, bank,
                                 Appearance.measure(images, frame_ids), background)
         outputs.write_config({

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cardigan.data.frames import iter_frames, mask_key
+from cardigan.data.frames import frame_id, iter_frames, mask_key
 
 
 def load_training_data(
@@ -52,7 +52,7 @@ def load_training_data(
 def training_frame_ids(images_h5: Sequence[str | Path], annos_h5: Sequence[str | Path]
                        ) -> list[str]:
     """``patient_view_instant`` of every training frame, in :func:`load_training_data` order."""
-    return [f"{f.patient}_{f.view}_{f.instant}"
+    return [frame_id(f.patient, f.view, f.instant)
             for img, ann in zip(images_h5, annos_h5) for f in iter_frames(img, ann)]
 
 

@@ -27,6 +27,7 @@ from cardigan.core.checksums import sha256_file
 from cardigan.core.device import resolve_device as _resolve_device
 from cardigan.core.labels import NUM_LABELS
 from cardigan.core.version import __version__
+from cardigan.data.frames import frame_id
 from cardigan.data.masks import (
     MaskError,
     SourceMask,
@@ -109,9 +110,9 @@ def check_generator(cfg: ModelConfig, samples_per_mask: int, path: str | Path) -
 def background_of(src: SourceMask, background: BackgroundBank) -> np.ndarray:
     """The condition map of a source mask: its own training frame's background classes, or those
     of the training frame it overlaps best (:meth:`BackgroundBank.for_mask`)."""
-    frame_id = None if src.source == "user" else f"{src.patient}_{src.view}_{src.instant}"
-    cond, donor = background.for_mask(src.mask, frame_id)
-    if donor != frame_id:
+    own = None if src.source == "user" else frame_id(src.patient, src.view, src.instant)
+    cond, donor = background.for_mask(src.mask, own)
+    if donor != own:
         log.info("%s (%s %s %s): background classes borrowed from training frame %s",
                  src.origin, src.patient, src.view, src.instant, donor)
     return cond
@@ -220,7 +221,7 @@ class Loaded:
         """The training frames' background classes (None: a generator trained without them)."""
         if not self.cfg.background_classes:
             return None
-        return BackgroundBank.from_extra(self.extra, self.path)
+        return BackgroundBank.from_extra(self.extra, self.cfg.label_nc, self.path)
 
 
 def open_generator(generator_path: str | Path, sample_cfg: Mapping[str, Any],
