@@ -36,6 +36,7 @@ import torch
 from cardigan.core.config import validate
 from cardigan.core.device import cpu_has_native_bf16
 from cardigan.data.masks import BENCH_MASKS, bench_masks
+from cardigan.gan.background import condition_maps
 from cardigan.gan.layers import one_hot
 from cardigan.gan.model_config import ModelConfig
 from cardigan.gan.state import Plan, TrainingState
@@ -91,7 +92,8 @@ def train_config(args: argparse.Namespace, settings: PathSettings) -> TrainConfi
                  z_dim=args.z_dim, num_upsampling_layers=args.num_upsampling_layers,
                  batch_size=args.batch, amp=settings.amp, channels_last=settings.channels_last,
                  compile=settings.compile, device=args.device.split(":")[0],
-                 diffaug=args.diffaug, discriminator=args.discriminator)
+                 diffaug=args.diffaug, discriminator=args.discriminator,
+                 background_classes=args.background_classes)
     return TrainConfig.from_dict(train)
 
 
@@ -124,11 +126,14 @@ class Iteration:
 
 def synthetic_batch(cfg: ModelConfig, batch: int, device: torch.device, masks: str = "heart",
                     seed: int = 0):
-    """Masks of ``cardigan.data.masks.bench_masks`` and random images in [-1, 1]."""
+    """Masks of ``cardigan.data.masks.bench_masks`` and random images in [-1, 1]; with
+    background classes, the condition maps training builds from them."""
     gen = torch.Generator().manual_seed(seed)
-    mask = torch.from_numpy(bench_masks(masks, batch, cfg.image_size, seed)).long()
+    mask = bench_masks(masks, batch, cfg.image_size, seed)
     real = torch.rand(batch, 1, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1
-    return one_hot(mask, cfg.label_nc).to(device), real.to(device)
+    images = ((real[:, 0] + 1) * 127.5).round().to(torch.uint8).numpy()
+    cond = condition_maps(images, mask, cfg.background_classes, cfg.label_nc)
+    return one_hot(torch.from_numpy(cond).long(), cfg.cond_nc).to(device), real.to(device)
 
 
 def run_path(args: argparse.Namespace, settings: PathSettings) -> dict:
@@ -207,6 +212,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=10, help="timed iterations")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     p.add_argument("--label-nc", type=int, default=4)
+    p.add_argument("--background-classes", type=int, default=0,
+                   help="brightness classes of the background to condition on (train.background_classes)")
     p.add_argument("--masks", choices=BENCH_MASKS, default="heart",
                    help="conditioning masks (cardigan.data.masks.bench_masks; default heart)")
     p.add_argument("--spade-hidden", type=int, default=128)
@@ -261,7 +268,8 @@ def main(argv=None) -> None:
                 results[name] = r
     print(f"device={args.device} size={args.size} ngf={args.ngf} ndf={args.ndf} "
           f"batch={args.batch} spade_hidden={args.spade_hidden} num_D={args.num_D} "
-          f"n_layers_D={args.n_layers_D} vae={args.vae} threads={torch.get_num_threads()} "
+          f"n_layers_D={args.n_layers_D} vae={args.vae} background_classes={args.background_classes} "
+          f"threads={torch.get_num_threads()} "
           f"iters={args.iters} repeats={args.repeats} torch={torch.__version__}")
     for name, r in results.items():
         on = [k for k, v in r["settings"].items() if v] or ["fp32 NCHW"]
