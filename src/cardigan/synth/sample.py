@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -216,9 +217,10 @@ class Loaded:
     device: torch.device
     path: Path
 
-    @property
+    @cached_property
     def background(self) -> BackgroundBank | None:
-        """The training frames' background classes (None: a generator trained without them)."""
+        """The training frames' background classes (None: a generator trained without them),
+        parsed once: the bank caches what it derives from its maps."""
         if not self.cfg.background_classes:
             return None
         return BackgroundBank.from_extra(self.extra, self.cfg.label_nc, self.path)
