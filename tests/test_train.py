@@ -218,8 +218,10 @@ def test_fingerprint_covers_model_settings_and_data(data, tmp_path):
     off = TrainConfig.from_dict({**TINY, "lambda_l1": 0.0})
     # off: a state trained before lambda_l1 existed keeps its fingerprint
     assert "lambda_l1" not in fingerprinted_settings(off, 64, h)["train"]
+    # the half that every state trained before the key existed used
+    assert "lr_decay_start" not in base["train"]
     for change in ({"ngf": 8}, {"seed": 1}, {"batch_size": 2}, {"ema_decay": 0.99},
-                   {"lambda_l1": 5.0}):
+                   {"lambda_l1": 5.0}, {"lr_decay_start": 0.0}):
         other = TrainConfig.from_dict({**TINY, **change})
         assert fingerprinted_settings(other, 64, h) != base, change
     for same in ({"epochs": 9}, {"log_every": 7}, {"device": "cpu"}, {"lambda_kld": 1.0}):

@@ -45,6 +45,20 @@ def test_plan_arithmetic_and_errors():
         Plan(frames=3, batch_size=4, epochs=1)
 
 
+def test_the_lr_decays_from_its_share_of_whole_epochs():
+    def plan(share, epochs=22):
+        return Plan(frames=80, batch_size=2, epochs=epochs, decay_share=share)
+    assert plan(0.5).decay_start == 11 * 40
+    assert plan(0.5, epochs=19).decay_start == 9 * 40  # rounded down to a whole epoch
+    assert plan(0.29, epochs=100).decay_start == 29 * 40  # 0.29 * 100 is 28.99... in floats
+    assert plan(0.0).decay_start == 0
+    assert plan(1.0).decay_start == plan(1.0).total_steps
+    whole = plan(0.0, epochs=1)
+    assert [whole.lr(s) for s in (0, 20, 39)] == [1.0, 0.5, 1 / 40]
+    assert plan(0.5, epochs=2).lr(39) == 1.0 and plan(0.5, epochs=2).lr(40) == 1.0
+    assert plan(0.5, epochs=2).lr(60) == 0.5
+
+
 def test_batches_follow_the_epoch_order_and_copy_it_once_per_epoch():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (10, 8, 8), dtype=np.uint8)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ class Plan:
     epochs: int
     rank: int = 0
     world: int = 1
+    decay_share: float = 0.5  # train.lr_decay_start
 
     @staticmethod
     def check_batch(batch_size: int, world: int) -> None:
@@ -112,7 +114,8 @@ class Plan:
 
     @property
     def decay_start(self) -> int:
-        return (self.epochs // 2) * self.steps_per_epoch
+        # the epsilon keeps a share that is a whole number of epochs from rounding one down
+        return math.floor(self.epochs * self.decay_share + 1e-9) * self.steps_per_epoch
 
     def lr(self, step: int) -> float:
         return lr_factor(step, self.total_steps, self.decay_start)

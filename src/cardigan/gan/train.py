@@ -43,8 +43,8 @@ Choices worth knowing:
 - **Batches.** ``batch_size`` is the global batch; with DDP each of the ``gpus`` processes takes
   its slice of every batch, so the sequence of batches does not depend on the number of GPUs.
   The last incomplete batch of an epoch is dropped.
-- **lr.** Adam with the two time-scale rule; constant for the first ``epochs // 2`` epochs, then
-  linear decay per iteration to zero at the end.
+- **lr.** Adam with the two time-scale rule; constant for the first ``lr_decay_start`` share of
+  the epochs (whole epochs), then linear decay per iteration to zero at the end.
 - **EMA** with the usual warm-up, decay ``min(ema_decay, (1 + t) / (10 + t))`` at update t, so a
   short run's average is not dominated by the random initial weights.
 - The discriminator update reuses the generator update's (detached) fake batch instead of running
@@ -225,7 +225,7 @@ def _train(*, images_h5, annos_h5, out_dir: Path, state_dir: Path, cfg: TrainCon
     images, masks = load_training_data(images_h5, annos_h5, image_size=image_size,
                                        label_nc=model_cfg.label_nc)
     plan = Plan(frames=len(images), batch_size=cfg.batch_size, epochs=cfg.epochs, rank=rank,
-                world=world)
+                world=world, decay_share=cfg.lr_decay_start)
     data_hash = data_sha256(images, masks)
     settings = fingerprinted_settings(cfg, image_size, data_hash)
     fp = config_hash(settings)

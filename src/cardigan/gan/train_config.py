@@ -33,6 +33,7 @@ class TrainConfig:
     batch_size: int
     lr_G: float
     lr_D: float
+    lr_decay_start: float
     beta1: float
     beta2: float
     lambda_feat: float
