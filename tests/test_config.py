@@ -81,6 +81,8 @@ def test_unknown_key_is_named():
         ({"train": {"use_vae": False, "texture_noise": False}, "sample": {"samples_per_mask": 3}},
          "sample.samples_per_mask"),
         ({"train": {"noise_dim": 4}}, "train.use_vae and train.noise_dim"),
+        ({"sample": {"samples_per_mask": 2, "own_styles": 3}},
+         "sample.own_styles: 3 is more than sample.samples_per_mask (2)"),
         ({"sample": {"augment": {"scale": [1.2, 0.8]}}}, "sample.augment.scale"),
         ({"phantom": {"quality_shares": {"Poor": 0.6}}},
          "config key phantom.quality_shares must sum to 1, got 1.35 (Good 0.35, Medium 0.4, Poor 0.6)"),

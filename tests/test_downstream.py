@@ -42,7 +42,7 @@ TINY = dict(epochs=1, batch_size=4, ngf=4, ndf=4, spade_hidden=8, num_D=2, n_lay
 EXPORT = {"formats": ["h5", "nnunet"], "include_real": True,
           "nnunet": {"dataset_id": 7, "name": "Toy", "folds": FOLDS, "test_split": True}}
 SAMPLE = {"samples_per_mask": 2, "batch_size": 8, "seed": 0, "device": "cpu", "mask_path": None,
-          "style_source": "real",
+          "own_styles": 0, "style_source": "real",
           "augment": {"n": 1, "elastic_alpha": 3.0, "elastic_sigma": 8.0, "max_tries": 20}}
 
 

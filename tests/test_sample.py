@@ -16,6 +16,7 @@ from cardigan.gan.appearance import FIELD_LEVEL, Appearance
 from cardigan.gan.generator_file import save_generator
 from cardigan.gan.model import build_models
 from cardigan.gan.model_config import ModelConfig
+from cardigan.gan.styles import BANK_KEY, StyleBank
 from cardigan.synth.sample import run_sample
 
 SIZE = 64
@@ -43,7 +44,7 @@ def make_annos(path, n_patients=4, size=SIZE, seed=0):
 
 def cfg(**kw):
     base = {"samples_per_mask": 1, "batch_size": 3, "seed": 0, "device": "cpu", "mask_path": None,
-            "style_source": "real", "grey_levels": "none", "speckle": "none",
+            "own_styles": 0, "style_source": "real", "grey_levels": "none", "speckle": "none",
             "augment": {"n": 2, "rotation_deg": 8.0, "scale": [0.92, 1.08], "translation": 0.04,
                         "elastic_alpha": 3.0, "elastic_sigma": 8.0, "max_tries": 20}}
     base.update(kw)
@@ -143,6 +144,50 @@ def test_grey_levels_and_speckle_of_the_real_images(tmp_path):
     with pytest.raises(ValueError, match="stores no grey levels.*sample.grey_levels: none"):
         run_sample(make_generator(tmp_path / "old.pt"), [annos], [annos],
                    cfg(grey_levels="real"), tmp_path / "x.h5")
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_own_styles_take_the_style_of_the_masks_own_frame(tmp_path):
+    """sample.own_styles: the first samples of each mask variant (real and deformed) take the
+    style code and grey levels of the frame the mask was drawn on; the other samples are the
+    ones drawn without it, byte for byte."""
+    torch.manual_seed(0)
+    mcfg = ModelConfig(image_size=SIZE, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2, z_dim=8,
+                       use_vae=True, texture_noise=False)
+    ids = [f"patient{p:04d}_4CH_{i}" for p in (1, 2, 3) for i in ("ED", "ES")]
+    bank = StyleBank(torch.randn(len(ids), 8), torch.full((len(ids), 8), -4.0), tuple(ids))
+    extra = {BANK_KEY: bank.to_extra(), **Appearance.measure(field_images(len(ids), SIZE),
+                                                             ids).to_extra()}
+    gen = tmp_path / "g.pt"
+    save_generator(gen, build_models(mcfg)[0], mcfg, extra)
+    annos = make_annos(tmp_path / "anno_train_4CH.h5", n_patients=3)
+    out = {k: tmp_path / f"own{k}.h5" for k in (0, 1, 2)}
+    for k, path in out.items():
+        run_sample(gen, [annos], [annos], cfg(samples_per_mask=2, own_styles=k,
+                                              augment={"n": 1}, grey_levels="real"), path)
+    files = {k: h5py.File(path) for k, path in out.items()}
+    try:
+        style = {k: [s.decode() for s in f["style"][()]] for k, f in files.items()}
+        frames = [f"real:{p.decode()}_4CH_{i.decode()}" for p, i in
+                  zip(files[0]["source_patient"][()], files[0]["instant"][()])]
+        first = np.arange(len(frames)) % 2 == 0  # each variant's samples come in pairs
+        assert len(frames) > 6 * 2  # the real masks and at least one deformation
+        assert all(s == f for s, f in zip(style[2], frames))
+        assert [s == f for s, f in zip(style[1], frames)][::2] == [True] * (len(frames) // 2)
+        assert sum(s == f for s, f in zip(style[0], frames)) < len(frames) // 2
+        # the random ones are untouched; the own ones differ where the frames differ
+        for name in ("images", "masks", "seed"):
+            assert np.array_equal(files[1][name][~first], files[0][name][~first]), name
+            assert np.array_equal(files[1][name][first], files[2][name][first]), name
+        changed = np.array(style[1]) != np.array(style[0])
+        assert changed.any() and not changed[~first].any()
+        assert not np.array_equal(files[1]["images"][changed], files[0]["images"][changed])
+    finally:
+        for f in files.values():
+            f.close()
+    with pytest.raises(ValueError, match="sample.own_styles: 3 must be between 0 and "
+                                         r"sample.samples_per_mask \(2\)"):
+        run_sample(gen, [annos], [annos], cfg(samples_per_mask=2, own_styles=3), tmp_path / "x.h5")
     assert not (tmp_path / "x.h5").exists()
 
 

@@ -254,6 +254,11 @@ def check_semantics(config: Mapping[str, Any]) -> None:
             "train.noise_dim > 0 or train.texture_noise); the mask-only generator makes the same "
             "image for every sample of a mask"
         )
+    if sample["own_styles"] > sample["samples_per_mask"]:
+        raise ConfigError(
+            f"config key sample.own_styles: {sample['own_styles']} is more than "
+            f"sample.samples_per_mask ({sample['samples_per_mask']}), the images made per mask"
+        )
     if sample["mask_path"] and not Path(sample["mask_path"]).exists():
         raise ConfigError(f"config key sample.mask_path: {sample['mask_path']} does not exist")
     scale = sample["augment"]["scale"]

@@ -125,24 +125,35 @@ class Styles:
 
 
 def draw_styles(cfg: ModelConfig, seeds: Sequence[int], source: str, bank: StyleBank | None,
-                grey: GreyLevels | None = None) -> Styles:
+                grey: GreyLevels | None = None,
+                own: Sequence[int | None] | None = None) -> Styles:
     """The styles of a batch of samples, each drawn from its own seed.
 
     With ``grey`` (``sample.grey_levels: real``) each sample also takes the grey levels of a
     real training image: the one whose style code it drew from the bank, otherwise one drawn at
     random; then the seed of its speckle (after the other draws, so they do not change).
+
+    ``own`` (``sample.own_styles``): per sample, the training image (an index into the bank and
+    the grey levels, which list the same images) whose style it takes instead of a random one,
+    or None. The random draw is made either way, so a sample's other draws do not depend on it.
     """
     source = effective_source(cfg, source, bank)
     if grey is not None and source == "real" and tuple(grey.ids) != tuple(bank.ids):
         raise ValueError("the generator file's grey levels and style bank list different "
                          "training images")
+    if own is None:
+        own = [None] * len(seeds)
+    if len(own) != len(seeds):
+        raise ValueError(f"{len(own)} own styles for {len(seeds)} samples")
     zs, noises, labels, greys, speckles = [], [], [], [], []
-    for seed in seeds:
+    for seed, own_index in zip(seeds, own, strict=True):
         g = torch.Generator().manual_seed(int(seed))
         index = None
         if cfg.style_dim:
             if source == "real":
                 index = int(torch.randint(len(bank.ids), (1,), generator=g))
+                if own_index is not None:
+                    index = own_index
                 eps = torch.randn(cfg.z_dim, generator=g)
                 zs.append(bank.mu[index] + torch.exp(0.5 * bank.logvar[index]) * eps)
             else:
@@ -153,6 +164,8 @@ def draw_styles(cfg: ModelConfig, seeds: Sequence[int], source: str, bank: Style
         if grey is not None:
             grey_index = (index if index is not None
                           else int(torch.randint(len(grey.ids), (1,), generator=g)))
+            if own_index is not None:
+                grey_index = own_index
         labels.append(style_label(cfg, bank, index, grey, grey_index))
         greys.append(grey_index)
         speckles.append(int(torch.randint(2**31 - 1, (1,), generator=g)))

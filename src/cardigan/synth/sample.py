@@ -71,6 +71,7 @@ class _Item:
     seed: int
     style: int = 0  # which of the samples_per_mask images of this mask variant
     cond: np.ndarray | None = None  # the map the generator reads, when it differs from the mask
+    own: str | None = None  # the frame whose style it takes (sample.own_styles), else None
 
 
 def load_sources(anno_paths: Sequence[str | Path], mask_path: str | Path | None,
@@ -111,7 +112,7 @@ def check_generator(cfg: ModelConfig, samples_per_mask: int, path: str | Path) -
 def background_of(src: SourceMask, background: BackgroundBank) -> np.ndarray:
     """The condition map of a source mask: its own training frame's background classes, or those
     of the training frame it overlaps best (:meth:`BackgroundBank.for_mask`)."""
-    own = None if src.source == "user" else frame_id(src.patient, src.view, src.instant)
+    own = own_frame(src)
     cond, donor = background.for_mask(src.mask, own)
     if donor != own:
         log.info("%s (%s %s %s): background classes borrowed from training frame %s",
@@ -119,14 +120,22 @@ def background_of(src: SourceMask, background: BackgroundBank) -> np.ndarray:
     return cond
 
 
+def own_frame(src: SourceMask) -> str | None:
+    """The frame id of the image a source mask was drawn on (None for a user mask)."""
+    return None if src.source == "user" else frame_id(src.patient, src.view, src.instant)
+
+
 def sample_items(sources: Sequence[SourceMask], aug: AugmentConfig, ranges: AreaRanges, seed: int,
                  samples_per_mask: int, stats: DeformStats,
-                 background: BackgroundBank | None = None) -> Iterator[_Item]:
+                 background: BackgroundBank | None = None, own_styles: int = 0
+                 ) -> Iterator[_Item]:
     """Each source mask's variants (itself, then its plausible deformations), each
     ``samples_per_mask`` times with its own seed; with ``background``, each carries its condition
-    map, deformed with the mask."""
+    map, deformed with the mask. The first ``own_styles`` samples of each variant are marked to
+    take the style of the source mask's own frame."""
     for i, src in enumerate(sources):
         cond = None if background is None else background_of(src, background)
+        own = own_frame(src)
         variants: list[tuple[np.ndarray, str, np.ndarray | None]] = [
             (src.mask, REAL_MASK_AUG, cond)]
         if aug.n:
@@ -151,7 +160,8 @@ def sample_items(sources: Sequence[SourceMask], aug: AugmentConfig, ranges: Area
             variants.append((made[0], params_json(made[1]), moved))
         for k, (mask, augmentation, moved) in enumerate(variants):
             for s in range(samples_per_mask):
-                yield _Item(mask, src, k, augmentation, item_seed(seed, SEED_Z, i, k, s), s, moved)
+                yield _Item(mask, src, k, augmentation, item_seed(seed, SEED_Z, i, k, s), s, moved,
+                            own if s < own_styles else None)
 
 
 @torch.inference_mode()
@@ -177,6 +187,16 @@ def render(generator: SPADEGenerator, masks: np.ndarray, z: torch.Tensor | None,
     return out.to(torch.uint8).cpu().numpy()
 
 
+def style_frames(cfg: ModelConfig, style_source: str, bank: StyleBank | None,
+                 appearance: Appearance) -> tuple[str, ...]:
+    """The training frames whose style a sample can take, in the order
+    :func:`cardigan.gan.styles.draw_styles` indexes them: the style bank's where codes come from
+    it, else those whose grey levels the generator file stores (none: nothing to pair with)."""
+    if effective_source(cfg, style_source, bank) == "real":
+        return bank.ids
+    return tuple(appearance.grey.ids) if appearance.grey is not None else ()
+
+
 def batched(generator: SPADEGenerator, items: Iterable[_Item], batch_size: int,
             device: torch.device, *, samples_per_mask: int, style_source: str,
             bank: StyleBank | None, appearance: Appearance | None = None
@@ -189,10 +209,13 @@ def batched(generator: SPADEGenerator, items: Iterable[_Item], batch_size: int,
     group = max(1, samples_per_mask)
     size = max(1, batch_size // group) * group
     appearance = appearance or Appearance()
+    frames = style_frames(generator.cfg, style_source, bank, appearance)
+    position = {frame: i for i, frame in enumerate(frames)}
 
     def make(batch: list[_Item]) -> tuple[list[_Item], np.ndarray, list[str]]:
+        own = [position.get(it.own) for it in batch]
         styles = draw_styles(generator.cfg, [it.seed for it in batch], style_source, bank,
-                             appearance.grey)
+                             appearance.grey, own)
         masks = np.stack([it.mask if it.cond is None else it.cond for it in batch[::group]])
         images = render(generator, masks, styles.z, device, styles.noise)
         return batch, styles.apply(images, appearance), styles.labels
@@ -253,6 +276,7 @@ class Settings:
     style_source: str  # as configured
     used_source: str  # what the generator can do with it (cardigan.gan.styles.effective_source)
     appearance: Appearance
+    own_styles: int  # samples of each mask variant in the style of the mask's own frame
 
     @classmethod
     def resolve(cls, loaded: Loaded, sample_cfg: Mapping[str, Any]) -> Settings:
@@ -262,7 +286,17 @@ class Settings:
                    int(sample_cfg["seed"]), AugmentConfig.from_dict(sample_cfg["augment"]), bank,
                    style_source, effective_source(loaded.cfg, style_source, bank),
                    Appearance.for_sampling(str(sample_cfg["grey_levels"]),
-                                           str(sample_cfg["speckle"]), loaded.extra, loaded.path))
+                                           str(sample_cfg["speckle"]), loaded.extra, loaded.path),
+                   own_styles_of(sample_cfg))
+
+
+def own_styles_of(sample_cfg: Mapping[str, Any]) -> int:
+    """``sample.own_styles``, checked against ``sample.samples_per_mask``."""
+    own, per_mask = int(sample_cfg["own_styles"]), int(sample_cfg["samples_per_mask"])
+    if not 0 <= own <= per_mask:
+        raise ValueError(f"config key sample.own_styles: {own} must be between 0 and "
+                         f"sample.samples_per_mask ({per_mask})")
+    return own
 
 
 def write_samples(loaded: Loaded, sources: Sequence[SourceMask], ranges: AreaRanges,
@@ -296,6 +330,13 @@ def _log_settings(loaded: Loaded, settings: Settings, sources: Sequence[SourceMa
                                       ": the generator file carries no style bank"))
     log.info("%d source masks; %d deformations each, %d samples per mask; label-area ranges %s",
              len(sources), settings.augment.n, settings.samples_per_mask, ranges.to_dict())
+    if settings.own_styles:
+        frames = set(style_frames(loaded.cfg, settings.style_source, bank, appearance))
+        unpaired = sum(own_frame(src) not in frames for src in sources)
+        log.info("own styles: the first %d of each mask's %d samples take the style of the frame "
+                 "the mask comes from%s", settings.own_styles, settings.samples_per_mask,
+                 f"; {unpaired} of {len(sources)} source masks have no training frame with a "
+                 "stored style and draw every style at random" if unpaired else "")
     log.info("generator %s: %s (extra: %s) on %s, batch %d", loaded.path, loaded.cfg.to_dict(),
              _scalars(loaded.extra), loaded.device, settings.batch_size)
 
@@ -315,7 +356,7 @@ def _write_images(writer: SampleWriter, loaded: Loaded, settings: Settings,
     """Every sample, batch by batch, in the sources' order."""
     expected = _expected(sources, settings)
     items = sample_items(sources, settings.augment, ranges, settings.seed,
-                         settings.samples_per_mask, stats, loaded.background)
+                         settings.samples_per_mask, stats, loaded.background, settings.own_styles)
     next_log = 0
     for batch, images, styles in batched(
             loaded.generator, items, settings.batch_size, loaded.device,
