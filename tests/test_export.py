@@ -133,6 +133,17 @@ def test_preview_and_card(exported):
     assert "| real mask | 6 |" in card  # synthetic images from the real masks
     assert config_hash(PROVENANCE) in card
     assert "**left atrium** (label 3)" in card and "nnunet/Dataset<id>_<name>/" in card
+    assert "- 1 image(s) per mask, seed 0." in card  # no sample.own_styles
+
+
+def test_card_says_own_styles(inputs, tmp_path):
+    sample = {**_CONFIG["sample"], "own_styles": 1}
+    out = outputs(tmp_path)
+    run_export(inputs / "samples.h5", inputs / "g.pt", [inputs / "train_4CH.h5"],
+               [inputs / "anno_train_4CH.h5"], provenance({**_CONFIG, "sample": sample}), out)
+    assert ("- 1 image(s) per mask, the first 1 in the style of the training frame the mask was "
+            "drawn on where the generator stores it (`sample.own_styles`), seed 0."
+            in out["card"].read_text())
 
 
 def test_preview_shows_each_mask_with_its_styles():

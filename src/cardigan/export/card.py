@@ -162,10 +162,17 @@ def _how_it_was_made(facts: CardFacts) -> list[str]:
             f"{sample_cfg['augment']['max_tries']} tries, "
             f"{aug_stats.get('source_implausible', 0)} source masks failing the checks "
             "themselves (not deformed).",
-            f"- {sample_cfg['samples_per_mask']} image(s) per mask, seed {sample_cfg['seed']}.",
+            f"- {sample_cfg['samples_per_mask']} image(s) per mask{_own_styles(sample_cfg)}, "
+            f"seed {sample_cfg['seed']}.",
             f"- cardiGAN {__version__}; config hash (sha256 of the config sections that make the "
             f"dataset: {', '.join(facts.provenance)}) `{config_hash(facts.provenance)}`; they "
             "are in full in the `config_yaml` attribute of synthetic.h5.", ""]
+
+
+def _own_styles(sample_cfg: dict) -> str:
+    own = sample_cfg["own_styles"]
+    return (f", the first {own} in the style of the training frame the mask was drawn on where "
+            "the generator stores it (`sample.own_styles`)" if own else "")
 
 
 def write_card(out_path: str | Path, facts: CardFacts) -> None:
