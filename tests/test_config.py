@@ -81,6 +81,8 @@ def test_unknown_key_is_named():
         ({"train": {"use_vae": False, "texture_noise": False}, "sample": {"samples_per_mask": 3}},
          "sample.samples_per_mask"),
         ({"train": {"noise_dim": 4}}, "train.use_vae and train.noise_dim"),
+        ({"train": {"discriminator": "oasis", "r1_gamma": 1.0}},
+         "train.r1_gamma: the R1 penalty is for the patchgan discriminator"),
         ({"sample": {"samples_per_mask": 2, "own_styles": 3}},
          "sample.own_styles: 3 is more than sample.samples_per_mask (2)"),
         ({"sample": {"augment": {"scale": [1.2, 0.8]}}}, "sample.augment.scale"),

@@ -16,6 +16,7 @@ from cardigan.gan.losses import (
     hinge_d_loss,
     hinge_g_loss,
     kl_loss,
+    r1_penalty,
     vgg19_features,
 )
 from cardigan.gan.model import build_models
@@ -151,4 +152,36 @@ def test_generator_and_discriminator_losses(vgg_file):
     G.zero_grad()
     d_total.backward()
     assert G.fc.weight.grad is None or G.fc.weight.grad.abs().sum() == 0  # fake was detached
+    assert all(p.grad is not None for p in D.parameters())
+
+
+class _LinearD(torch.nn.Module):
+    """D(x) = w * x on one scale, so d(sum D)/dx = w at every pixel."""
+
+    def __init__(self, w: float):
+        super().__init__()
+        self.w = torch.nn.Parameter(t(w))
+
+    def forward(self, x, seg):
+        return [[x * self.w]]
+
+
+def test_r1_penalty_hand_computed_and_differentiable():
+    D, real = _LinearD(3.0), torch.rand(2, 1, 4, 5)
+    penalty = r1_penalty(D, None, real)
+    assert penalty.item() == pytest.approx(9.0 * 4 * 5)  # |w|^2 summed over the pixels
+    penalty.backward()
+    assert D.w.grad.item() == pytest.approx(2 * 3.0 * 4 * 5)
+    assert not real.requires_grad  # the caller's tensor is left alone
+
+
+def test_discriminator_losses_add_r1_on_the_unwrapped_network():
+    _, (G, D, _), seg, real = _models()
+    fake = G(seg).detach()
+    _, plain = discriminator_losses(D, seg, fake, real)
+    total, terms = discriminator_losses(D, seg, fake, real, r1_weight=4.0, r1_discriminator=D)
+    assert set(terms) == set(plain) | {"d_r1"}
+    torch.testing.assert_close(terms["d_r1"], r1_penalty(D, seg, real) * 2.0)
+    assert terms["d_r1"] > 0
+    total.backward()
     assert all(p.grad is not None for p in D.parameters())

@@ -220,11 +220,13 @@ def test_fingerprint_covers_model_settings_and_data(data, tmp_path):
     assert "lambda_l1" not in fingerprinted_settings(off, 64, h)["train"]
     # the half that every state trained before the key existed used
     assert "lr_decay_start" not in base["train"]
+    assert "r1_gamma" not in base["train"] and "r1_every" not in base["train"]  # R1 off
     for change in ({"ngf": 8}, {"seed": 1}, {"batch_size": 2}, {"ema_decay": 0.99},
-                   {"lambda_l1": 5.0}, {"lr_decay_start": 0.0}):
+                   {"lambda_l1": 5.0}, {"lr_decay_start": 0.0}, {"r1_gamma": 1.0}):
         other = TrainConfig.from_dict({**TINY, **change})
         assert fingerprinted_settings(other, 64, h) != base, change
-    for same in ({"epochs": 9}, {"log_every": 7}, {"device": "cpu"}, {"lambda_kld": 1.0}):
+    for same in ({"epochs": 9}, {"log_every": 7}, {"device": "cpu"}, {"lambda_kld": 1.0},
+                 {"r1_every": 4}):
         other = TrainConfig.from_dict({**TINY, **same})
         assert fingerprinted_settings(other, 64, h) == base, same
     # YAML's 1 and 1.0 are the same setting

@@ -177,3 +177,15 @@ def test_tensorboard_scalars_and_grids(data, tmp_path):
     assert "loss/generator/g_total" in tags["scalars"] and "speed/images_per_s" in tags["scalars"]
     assert [e.step for e in acc.Scalars("loss/discriminator/d_total")] == [2, 4, 6]
     assert [e.step for e in acc.Images("samples")] == [3, 6]
+
+
+def test_r1_every_few_iterations_in_the_loss_table(data, tmp_path):
+    """train.r1_gamma: the penalty at iterations 0, r1_every, ...; the table holds its mean over
+    the logged iterations (zero where none of them had it)."""
+    res = _run(data, tmp_path / "r1", r1_gamma=1.0, r1_every=4)
+    rows = _rows(tmp_path / "r1" / "train_log.csv")
+    assert [r["step"] for r in rows] == ["2", "4", "6"] and res.step == 6
+    r1 = [float(r["d_r1"]) for r in rows]  # iterations 0-1, 2-3, 4-5
+    assert r1[0] > 0 and r1[1] == 0 and r1[2] > 0
+    assert "d_r1" in loss_columns(TrainConfig.from_dict({**TINY, "r1_gamma": 1.0}))
+    assert "d_r1" not in loss_columns(TrainConfig.from_dict(TINY))

@@ -246,6 +246,11 @@ def check_semantics(config: Mapping[str, Any]) -> None:
     if weights and not Path(weights).is_file():
         raise ConfigError(f"config key train.perceptual_weights: {weights} is not a file")
     check_model(train, data["image_size"])
+    if train["r1_gamma"] > 0 and train["discriminator"] != "patchgan":
+        raise ConfigError(
+            f"config key train.r1_gamma: the R1 penalty is for the patchgan discriminator, not "
+            f"train.discriminator: {train['discriminator']} (set r1_gamma: 0)"
+        )
     sample = config["sample"]
     styled = train["use_vae"] or train["noise_dim"] > 0 or train["texture_noise"]
     if sample["samples_per_mask"] > 1 and not styled:

@@ -29,6 +29,9 @@ def fingerprinted_settings(cfg: TrainConfig, image_size: int, data_hash: str) ->
         settings.pop("diffaug")  # off: the fingerprint of states trained before it existed
     if not cfg.lambda_l1:
         settings.pop("lambda_l1")  # off: the fingerprint of states trained before it existed
+    if not cfg.r1_gamma:
+        settings.pop("r1_gamma")  # off: the fingerprint of states trained before it existed
+        settings.pop("r1_every")
     if settings["lr_decay_start"] == 0.5:
         settings.pop("lr_decay_start")  # the half that states trained before it existed used
     model = cfg.model_config(image_size).to_dict()

@@ -274,12 +274,27 @@ def generator_losses(
     return sum(terms.values()), terms, fake
 
 
+def r1_penalty(discriminator: nn.Module, seg: Tensor, real: Tensor) -> Tensor:
+    """R1 (Mescheder et al. 2018): the squared norm of the gradient of the discriminator's real
+    outputs (every scale's patch logits, summed) with respect to the real image, per image,
+    averaged over the batch; differentiable with respect to the discriminator's weights."""
+    x = real.detach().requires_grad_(True)
+    out = sum(scale[-1].float().sum() for scale in discriminator(x, seg))
+    (grad,) = torch.autograd.grad(out, x, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
+
+
 def discriminator_losses(discriminator: nn.Module, seg: Tensor, fake: Tensor, real: Tensor,
                          diffaug: Sequence[str] = (), *, discriminator_kind: str = "patchgan",
-                         lambda_labelmix: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
-    """The discriminator half: ``(total, {"d_fake", "d_real"[, "d_labelmix"]})``; ``fake`` is
-    detached here. Hinge for the PatchGAN; for "oasis" the N+1 loss (fake pixels -> "fake",
-    real pixels -> their class, class-balanced) and, with ``lambda_labelmix`` > 0, LabelMix."""
+                         lambda_labelmix: float = 0.0, r1_weight: float = 0.0,
+                         r1_discriminator: nn.Module | None = None
+                         ) -> tuple[Tensor, dict[str, Tensor]]:
+    """The discriminator half: ``(total, {"d_fake", "d_real"[, "d_labelmix"][, "d_r1"]})``;
+    ``fake`` is detached here. Hinge for the PatchGAN; for "oasis" the N+1 loss (fake pixels ->
+    "fake", real pixels -> their class, class-balanced) and, with ``lambda_labelmix`` > 0,
+    LabelMix. With ``r1_weight`` > 0 the R1 penalty x ``r1_weight`` / 2, through
+    ``r1_discriminator`` (the unwrapped network: its own forward, outside DDP; default
+    ``discriminator``), on the real images as they are, not augmented."""
     oasis = discriminator_kind == "oasis"
     labelmix = oasis and lambda_labelmix > 0
     fake_preds, real_preds, seg_seen, mixed, mix = discriminate(
@@ -293,4 +308,6 @@ def discriminator_losses(discriminator: nn.Module, seg: Tensor, fake: Tensor, re
         if labelmix:
             terms["d_labelmix"] = labelmix_loss(mixed, fake_logits, real_logits, mix) \
                 * lambda_labelmix
+    if r1_weight > 0:
+        terms["d_r1"] = r1_penalty(r1_discriminator or discriminator, seg, real) * (r1_weight / 2)
     return sum(terms.values()), terms

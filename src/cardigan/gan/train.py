@@ -115,8 +115,10 @@ def train_step(
     *, G: nn.Module, D: nn.Module, D_frozen: nn.Module, E: nn.Module | None,
     vgg: nn.Module | None, opt_G: torch.optim.Optimizer, opt_D: torch.optim.Optimizer,
     seg: torch.Tensor, real: torch.Tensor, cfg: TrainConfig, autocast: Callable[[], Any],
+    r1: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """One iteration: a generator (and encoder) update, then a discriminator update.
+    """One iteration: a generator (and encoder) update, then a discriminator update, with the
+    R1 penalty where ``r1`` (every ``train.r1_every`` iterations, weighted by it).
 
     ``G``/``D``/``E`` may be DDP/compiled wrappers; ``D_frozen`` is the plain discriminator that
     the generator loss runs through with its weights frozen (no DDP gradient sync for D there).
@@ -138,9 +140,12 @@ def train_step(
 
     opt_D.zero_grad(set_to_none=True)
     with autocast():
-        d_total, d_terms = discriminator_losses(D, seg, fake.detach(), real, diffaug,
-                                                discriminator_kind=kind,
-                                                lambda_labelmix=cfg.lambda_labelmix)
+        d_total, d_terms = discriminator_losses(
+            D, seg, fake.detach(), real, diffaug, discriminator_kind=kind,
+            lambda_labelmix=cfg.lambda_labelmix,
+            r1_weight=cfg.r1_gamma * cfg.r1_every if r1 else 0.0, r1_discriminator=D_frozen)
+    if cfg.r1_gamma > 0 and not r1:
+        d_terms["d_r1"] = torch.zeros((), device=d_total.device)  # logged as its lazy mean
     d_total.backward()
     opt_D.step()
     terms = {**g_terms, "g_total": g_total, **d_terms, "d_total": d_total}
@@ -161,6 +166,8 @@ def loss_columns(cfg: TrainConfig) -> list[str]:
     cols += ["g_total", "d_real", "d_fake"]
     if cfg.network["discriminator"] == "oasis" and cfg.lambda_labelmix > 0:
         cols.append("d_labelmix")
+    if cfg.r1_gamma > 0:
+        cols.append("d_r1")
     return cols + ["d_total"]
 
 
@@ -271,7 +278,8 @@ def _train(*, images_h5, annos_h5, out_dir: Path, state_dir: Path, cfg: TrainCon
         seg, real = batches(state.step)
         lrs = state.lrs()
         terms = train_step(G=G, D=D, D_frozen=D_frozen, E=E, vgg=vgg, opt_G=state.opt_G,
-                           opt_D=state.opt_D, seg=seg, real=real, cfg=cfg, autocast=autocast)
+                           opt_D=state.opt_D, seg=seg, real=real, cfg=cfg, autocast=autocast,
+                           r1=cfg.r1_gamma > 0 and state.step % cfg.r1_every == 0)
         state.advance(terms)
         step = state.step
         row = losses.after_step(step, plan.total_steps, (step - 1) // plan.steps_per_epoch + 1,

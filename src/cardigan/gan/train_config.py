@@ -43,6 +43,8 @@ class TrainConfig:
     perceptual_weights: str | None
     diffaug: str
     lambda_labelmix: float
+    r1_gamma: float
+    r1_every: int
     ema_decay: float
     amp: bool
     channels_last: bool
