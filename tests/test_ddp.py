@@ -100,3 +100,15 @@ def test_run_training_launches_torchrun(tmp_path, caplog):
     for name in OUTPUTS.values():
         assert (out / name).exists(), name
     assert not list((out / "state").glob(".torchrun-*"))  # the arguments file is cleaned up
+
+
+def test_ddp_r1_penalty_is_reduced_across_ranks(tmp_path):
+    """The R1 penalty runs through the unwrapped discriminator; its gradient (different on each
+    rank's slice of the batch) must still be all-reduced, or the ranks' weights drift apart."""
+    ranks = _spawn(tmp_path, {**TINY, "r1_gamma": 1.0, "r1_every": 2})
+    assert ranks[0]["step"] == ranks[1]["step"] == 6
+    for part in ("G", "D", "ema"):
+        _assert_equal(ranks[0][part], ranks[1][part])
+    rows = (tmp_path / "out" / "train_log.csv").read_text().splitlines()
+    r1 = [float(r.split(",")[rows[0].split(",").index("d_r1")]) for r in rows[1:]]
+    assert [v > 0 for v in r1] == [True, False] * 3
