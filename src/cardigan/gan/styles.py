@@ -143,8 +143,6 @@ def draw_styles(cfg: ModelConfig, seeds: Sequence[int], source: str, bank: Style
                          "training images")
     if own is None:
         own = [None] * len(seeds)
-    if len(own) != len(seeds):
-        raise ValueError(f"{len(own)} own styles for {len(seeds)} samples")
     zs, noises, labels, greys, speckles = [], [], [], [], []
     for seed, own_index in zip(seeds, own, strict=True):
         g = torch.Generator().manual_seed(int(seed))
