@@ -8,7 +8,8 @@ default) with RANDOM weights: speed does not depend on the weights. Conditioning
 toy apical masks (``cardigan.data.masks.toy_heart_mask``); the image count is reached with
 ``sample.augment.n`` deformations per mask (count / 100 - 1), so the run includes augmentation,
 plausibility checks, inference, the real grey levels and speckle (recorded from toy "training
-images") and HDF5 writing, i.e. the whole sample stage. Each run is a
+images"; with ``train.background_classes`` the toy images' background bank too) and HDF5
+writing, i.e. the whole sample stage. Each run is a
 separate process, so its peak RSS (ru_maxrss) is its own; peak memory must not grow with the
 number of images (within 20 %).
 """
@@ -35,6 +36,7 @@ def worker(count: int, device: str, threads: int, batch_size: int) -> dict:
 
     from cardigan.data.masks import toy_heart_mask
     from cardigan.gan.appearance import Appearance
+    from cardigan.gan.background import BackgroundBank, condition_maps
     from cardigan.gan.generator_file import save_generator
     from cardigan.gan.model import build_models
     from cardigan.gan.model_config import ModelConfig
@@ -56,8 +58,11 @@ def worker(count: int, device: str, threads: int, batch_size: int) -> dict:
         images = np.clip(np.array([30, 60, 170, 60])[np.stack(masks)] + 25
                          + rng.normal(0, 20, (N_SOURCES, size, size)), 0, 255).astype(np.uint8)
         ids = [f"patient{i // 2 + 1:04d}_4CH_{('ED', 'ES')[i % 2]}" for i in range(N_SOURCES)]
-        save_generator(d / "g.pt", build_models(cfg)[0], cfg,
-                       Appearance.measure(images, ids).to_extra())
+        extra = Appearance.measure(images, ids).to_extra()
+        if cfg.background_classes:  # the background bank, as training stores it
+            maps = condition_maps(images, np.stack(masks), cfg.background_classes, cfg.label_nc)
+            extra.update(BackgroundBank.build(maps, ids, cfg.label_nc).to_extra())
+        save_generator(d / "g.pt", build_models(cfg)[0], cfg, extra)
         sample = dict(config["sample"], device=device, batch_size=batch_size, samples_per_mask=1,
                       mask_path=None)
         sample["augment"] = dict(config["sample"]["augment"], n=max(0, count // N_SOURCES - 1))

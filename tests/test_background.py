@@ -16,11 +16,13 @@ from train_fixtures import write_split
 
 import cardigan.gan.background as background_mod
 from cardigan.core.config import ConfigError
+from cardigan.core.defaults import default
 from cardigan.data.masks import SourceMask
 from cardigan.data.plausibility import AreaRanges
 from cardigan.gan.background import BackgroundBank, condition_map, condition_maps, fan
 from cardigan.gan.fingerprint import fingerprinted_settings
-from cardigan.gan.generator_file import load_generator
+from cardigan.gan.generator_file import load_generator, save_generator
+from cardigan.gan.model import build_models
 from cardigan.gan.model_config import ModelConfig
 from cardigan.gan.train_config import TrainConfig
 from cardigan.synth.deform import AugmentConfig, DeformStats
@@ -148,7 +150,7 @@ def test_model_config_and_fingerprint():
     assert cfg.cond_nc == 6 and cfg.seg_nc == 6 + cfg.noise_dim
     with pytest.raises(ConfigError, match="background_classes"):
         ModelConfig(image_size=64, background_classes=9)
-    off = fingerprinted_settings(TrainConfig.from_dict({}), 128, "0" * 64)
+    off = fingerprinted_settings(TrainConfig.from_dict({"background_classes": 0}), 128, "0" * 64)
     on = fingerprinted_settings(TrainConfig.from_dict({"background_classes": 2}), 128, "0" * 64)
     assert "background_classes" not in off["model"]  # states trained before the key resume
     assert on["model"]["background_classes"] == 2
@@ -188,8 +190,24 @@ def test_training_stores_the_bank_and_sampling_uses_it(trained, tmp_path, caplog
     assert len(borrowed) == 1 and "mine" in borrowed[0]  # the train masks use their own
 
 
-def test_training_default_has_no_bank(tmp_path):
+def test_training_without_classes_has_no_bank(tmp_path):
     data = write_split(tmp_path / "data", patients=2, size=64)
-    run(data, tmp_path / "run", epochs=1)
+    run(data, tmp_path / "run", epochs=1)  # test_train's TINY: background_classes 0
     _, cfg, extra = load_generator(tmp_path / "run" / "generator.pt")
     assert cfg.cond_nc == cfg.label_nc and background_mod.BACKGROUND_KEY not in extra
+
+
+def test_a_generator_file_from_before_the_classes_loads_with_none(tmp_path):
+    """Files written before ``background_classes`` existed store no such key; they were made
+    with four-label conditioning, whatever today's default is."""
+    assert default("train", "background_classes") != 0  # else this test proves nothing
+    cfg = ModelConfig(image_size=64, background_classes=0, ngf=4, ndf=4, spade_hidden=8,
+                      n_layers_D=2, use_vae=False, texture_noise=False)
+    path = tmp_path / "old.pt"
+    save_generator(path, build_models(cfg)[0], cfg, {})
+    payload = torch.load(path, weights_only=True)
+    del payload["model_config"]["background_classes"]
+    torch.save(payload, path)
+    G, loaded, _ = load_generator(path)
+    assert loaded == cfg and G.cfg.cond_nc == cfg.label_nc
+    assert ModelConfig.from_dict({**cfg.to_dict(), "background_classes": 2}).background_classes == 2

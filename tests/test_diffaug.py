@@ -71,8 +71,8 @@ def test_color_leaves_the_mask_and_is_differentiable():
 
 
 def test_losses_run_with_augmentation_and_the_generator_learns_through_it():
-    cfg = ModelConfig(image_size=64, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2, use_vae=False,
-                      texture_noise=False)
+    cfg = ModelConfig(image_size=64, background_classes=0, ngf=4, ndf=4, spade_hidden=8,
+                      n_layers_D=2, use_vae=False, texture_noise=False)
     torch.manual_seed(0)
     G, D, _ = build_models(cfg)
     mask = torch.zeros(2, 64, 64, dtype=torch.long)

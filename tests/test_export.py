@@ -42,7 +42,8 @@ EXPORT = _CONFIG["export"]
 def inputs(tmp_path_factory):
     d = tmp_path_factory.mktemp("export_inputs")
     torch.manual_seed(0)
-    cfg = ModelConfig(image_size=SIZE, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2)
+    cfg = ModelConfig(image_size=SIZE, background_classes=0, ngf=4, ndf=4, spade_hidden=8,
+                      n_layers_D=2)
     save_generator(d / "g.pt", build_models(cfg)[0], cfg, {"iterations": 3})
     rng = np.random.default_rng(0)
     with h5py.File(d / "train_4CH.h5", "w") as fi, h5py.File(d / "anno_train_4CH.h5", "w") as fa:
@@ -213,7 +214,8 @@ def test_h5_only_without_real(inputs, tmp_path):
 def test_samples_from_another_generator(inputs, tmp_path):
     other = tmp_path / "other.pt"
     torch.manual_seed(1)
-    cfg = ModelConfig(image_size=SIZE, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2)
+    cfg = ModelConfig(image_size=SIZE, background_classes=0, ngf=4, ndf=4, spade_hidden=8,
+                      n_layers_D=2)
     save_generator(other, build_models(cfg)[0], cfg)
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="re-run the sample stage"):

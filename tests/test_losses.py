@@ -113,7 +113,8 @@ def test_vgg_loss_errors(tmp_path, vgg_file):
 # ------------------------------------------------------------------------------ compositions
 def _models(**kw):
     torch.manual_seed(0)
-    cfg = ModelConfig(image_size=64, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2, z_dim=8, **kw)
+    cfg = ModelConfig(**{"image_size": 64, "background_classes": 0, "ngf": 4, "ndf": 4,
+                         "spade_hidden": 8, "n_layers_D": 2, "z_dim": 8, **kw})
     mask = torch.randint(0, 4, (2, 64, 64))
     return cfg, build_models(cfg), one_hot(mask, 4), torch.rand(2, 1, 64, 64) * 2 - 1
 

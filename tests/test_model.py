@@ -17,7 +17,8 @@ from cardigan.gan.layers import one_hot
 from cardigan.gan.model import build_models
 from cardigan.gan.model_config import ModelConfig
 
-SMALL = dict(ngf=4, ndf=4, spade_hidden=8, n_layers_D=2, z_dim=8, use_vae=False, texture_noise=False)
+SMALL = dict(background_classes=0, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2, z_dim=8,
+             use_vae=False, texture_noise=False)
 
 
 def small_cfg(**kw) -> ModelConfig:

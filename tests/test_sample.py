@@ -24,9 +24,9 @@ SIZE = 64
 
 def make_generator(path, **kw):
     torch.manual_seed(0)
-    cfg = ModelConfig(**{"image_size": SIZE, "ngf": 4, "ndf": 4, "spade_hidden": 8,
-                         "n_layers_D": 2, "z_dim": 8, "use_vae": False, "texture_noise": False,
-                         **kw})
+    cfg = ModelConfig(**{"image_size": SIZE, "background_classes": 0, "ngf": 4, "ndf": 4,
+                         "spade_hidden": 8, "n_layers_D": 2, "z_dim": 8, "use_vae": False,
+                         "texture_noise": False, **kw})
     save_generator(path, build_models(cfg)[0], cfg, {"iterations": 3})
     return path
 
@@ -119,8 +119,8 @@ def test_grey_levels_and_speckle_of_the_real_images(tmp_path):
     and are refused, naming the key, for a file without them."""
     gen = tmp_path / "g.pt"
     torch.manual_seed(0)
-    mcfg = ModelConfig(image_size=SIZE, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2,
-                       use_vae=False, texture_noise=False)
+    mcfg = ModelConfig(image_size=SIZE, background_classes=0, ngf=4, ndf=4, spade_hidden=8,
+                       n_layers_D=2, use_vae=False, texture_noise=False)
     real = field_images(3, SIZE)
     ids = ["patient0001_4CH_ED", "patient0001_4CH_ES", "patient0002_4CH_ED"]
     save_generator(gen, build_models(mcfg)[0], mcfg, Appearance.measure(real, ids).to_extra())
@@ -152,8 +152,8 @@ def test_own_styles_take_the_style_of_the_masks_own_frame(tmp_path):
     style code and grey levels of the frame the mask was drawn on; the other samples are the
     ones drawn without it, byte for byte."""
     torch.manual_seed(0)
-    mcfg = ModelConfig(image_size=SIZE, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2, z_dim=8,
-                       use_vae=True, texture_noise=False)
+    mcfg = ModelConfig(image_size=SIZE, background_classes=0, ngf=4, ndf=4, spade_hidden=8,
+                       n_layers_D=2, z_dim=8, use_vae=True, texture_noise=False)
     ids = [f"patient{p:04d}_4CH_{i}" for p in (1, 2, 3) for i in ("ED", "ES")]
     bank = StyleBank(torch.randn(len(ids), 8), torch.full((len(ids), 8), -4.0), tuple(ids))
     extra = {BANK_KEY: bank.to_extra(), **Appearance.measure(field_images(len(ids), SIZE),

@@ -27,8 +27,8 @@ from cardigan.gan.segmentation_discriminator import SegmentationDiscriminator, u
 from cardigan.gan.train import train
 from cardigan.gan.train_config import TrainConfig
 
-SMALL = dict(ngf=4, ndf=4, spade_hidden=8, use_vae=False, texture_noise=False,
-             discriminator="oasis")
+SMALL = dict(background_classes=0, ngf=4, ndf=4, spade_hidden=8, use_vae=False,
+             texture_noise=False, discriminator="oasis")
 
 
 def _mask(n=2, size=64):

@@ -24,8 +24,8 @@ from cardigan.gan.layers import INIT_GAIN, LRELU_SLOPE, SpectralNormFP32, one_ho
 from cardigan.gan.model import build_models
 from cardigan.gan.model_config import ModelConfig
 
-SMALL = dict(image_size=64, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2, z_dim=8, use_vae=False,
-             texture_noise=False)
+SMALL = dict(image_size=64, background_classes=0, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2,
+             z_dim=8, use_vae=False, texture_noise=False)
 
 
 def _conv(cin, cout, k, bias=True, sn=False):

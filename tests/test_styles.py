@@ -25,8 +25,8 @@ from cardigan.gan.train import train
 from cardigan.gan.train_config import TrainConfig
 
 SIZE = 64
-BASE = dict(image_size=SIZE, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2, z_dim=6, use_vae=False,
-            texture_noise=False)
+BASE = dict(image_size=SIZE, background_classes=0, ngf=4, ndf=4, spade_hidden=8, n_layers_D=2,
+            z_dim=6, use_vae=False, texture_noise=False)
 
 
 def gen(**kw) -> SPADEGenerator:
@@ -164,8 +164,8 @@ def test_bank_round_trip_and_encoding():
 
 def test_vae_training_stores_the_real_style_bank(tmp_path):
     data = write_split(tmp_path / "data", patients=4, size=SIZE)
-    cfg = TrainConfig.from_dict(dict(epochs=1, batch_size=4, ngf=4, ndf=4, spade_hidden=8,
-                                     num_D=1, n_layers_D=2, z_dim=6, use_vae=True,
+    cfg = TrainConfig.from_dict(dict(epochs=1, batch_size=4, background_classes=0, ngf=4, ndf=4,
+                                     spade_hidden=8, num_D=1, n_layers_D=2, z_dim=6, use_vae=True,
                                      texture_noise=True, log_every=1, checkpoint_every=2,
                                      sample_every=1))
     train(images_h5=[data[0]], annos_h5=[data[1]], out_dir=tmp_path / "out",

@@ -25,8 +25,8 @@ from cardigan.gan.train import train
 from cardigan.gan.train_config import TrainConfig
 from cardigan.gan.training_data import data_sha256, load_training_data
 
-TINY = dict(epochs=2, batch_size=4, ngf=4, ndf=4, spade_hidden=8, num_D=2, n_layers_D=2,
-            z_dim=8, log_every=1, checkpoint_every=2, sample_every=1,
+TINY = dict(epochs=2, batch_size=4, background_classes=0, ngf=4, ndf=4, spade_hidden=8, num_D=2,
+            n_layers_D=2, z_dim=8, log_every=1, checkpoint_every=2, sample_every=1,
             use_vae=False, texture_noise=False)
 
 

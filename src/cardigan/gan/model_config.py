@@ -9,6 +9,11 @@ from cardigan.core.config import UPSAMPLINGS, ConfigError, check_model, check_va
 from cardigan.core.defaults import default
 
 
+#: Model settings added after generator files and training states were first written, with the
+#: value that a file without them was made with (their schema default has changed since).
+ABSENT_MEANS = {"background_classes": 0}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild the networks (stored inside every generator file); field
@@ -81,11 +86,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
+        """From a stored model config (generator file, training state). A setting the file
+        predates takes the value the file was made with (``ABSENT_MEANS``), not today's default."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown model setting(s): {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**{**ABSENT_MEANS, **d})
 
     @classmethod
     def from_train_config(cls, train: dict, image_size: int) -> ModelConfig:
