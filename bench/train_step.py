@@ -94,6 +94,8 @@ def train_config(args: argparse.Namespace, settings: PathSettings) -> TrainConfi
                  compile=settings.compile, device=args.device.split(":")[0],
                  diffaug=args.diffaug, discriminator=args.discriminator,
                  background_classes=args.background_classes)
+    if args.l1_balance is not None:
+        train["l1_balance"] = args.l1_balance
     return TrainConfig.from_dict(train)
 
 
@@ -216,6 +218,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="brightness classes of the background to condition on (train.background_classes)")
     p.add_argument("--masks", choices=BENCH_MASKS, default="heart",
                    help="conditioning masks (cardigan.data.masks.bench_masks; default heart)")
+    p.add_argument("--l1-balance", action=argparse.BooleanOptionalAction, default=None,
+                   help="class-balanced L1 term (train.l1_balance; default: the schema's)")
     p.add_argument("--spade-hidden", type=int, default=128)
     p.add_argument("--num-D", type=int, default=2)
     p.add_argument("--n-layers-D", type=int, default=4)

@@ -218,11 +218,18 @@ def test_fingerprint_covers_model_settings_and_data(data, tmp_path):
     off = TrainConfig.from_dict({**TINY, "lambda_l1": 0.0})
     # off: a state trained before lambda_l1 existed keeps its fingerprint
     assert "lambda_l1" not in fingerprinted_settings(off, 64, h)["train"]
+    assert base["train"]["l1_balance"] is True
+    # off (or without an L1 term to balance): the states trained before it existed
+    unbalanced = TrainConfig.from_dict({**TINY, "l1_balance": False})
+    assert "l1_balance" not in fingerprinted_settings(unbalanced, 64, h)["train"]
+    assert fingerprinted_settings(off, 64, h) == fingerprinted_settings(
+        TrainConfig.from_dict({**TINY, "lambda_l1": 0.0, "l1_balance": False}), 64, h)
     # the half that every state trained before the key existed used
     assert "lr_decay_start" not in base["train"]
     assert "r1_gamma" not in base["train"] and "r1_every" not in base["train"]  # R1 off
     for change in ({"ngf": 8}, {"seed": 1}, {"batch_size": 2}, {"ema_decay": 0.99},
-                   {"lambda_l1": 5.0}, {"lr_decay_start": 0.0}, {"r1_gamma": 1.0}):
+                   {"lambda_l1": 5.0}, {"lr_decay_start": 0.0}, {"r1_gamma": 1.0},
+                   {"l1_balance": False}):
         other = TrainConfig.from_dict({**TINY, **change})
         assert fingerprinted_settings(other, 64, h) != base, change
     for same in ({"epochs": 9}, {"log_every": 7}, {"device": "cpu"}, {"lambda_kld": 1.0},

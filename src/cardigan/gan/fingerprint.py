@@ -29,6 +29,8 @@ def fingerprinted_settings(cfg: TrainConfig, image_size: int, data_hash: str) ->
         settings.pop("diffaug")  # off: the fingerprint of states trained before it existed
     if not cfg.lambda_l1:
         settings.pop("lambda_l1")  # off: the fingerprint of states trained before it existed
+    if not (cfg.l1_balance and cfg.lambda_l1):
+        settings.pop("l1_balance")  # off or unused: the fingerprint of states from before it
     if not cfg.r1_gamma:
         settings.pop("r1_gamma")  # off: the fingerprint of states trained before it existed
         settings.pop("r1_every")

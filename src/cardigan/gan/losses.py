@@ -229,6 +229,15 @@ def discriminate(discriminator: nn.Module, seg: Tensor, fake: Tensor, real: Tens
     return fake_preds, real_preds, seg, mixed, mix
 
 
+def class_balance(seg: Tensor) -> Tensor:
+    """(B, 1, H, W) pixel weights of mean 1 under which every class present in the one-hot
+    ``seg`` batch weighs the same in total, whatever its area (OASIS's class balancing)."""
+    counts = seg.float().sum(dim=(0, 2, 3))
+    present = counts > 0
+    per_class = torch.where(present, counts.sum() / (present.sum() * counts.clamp_min(1)), 0.0)
+    return (seg.float() * per_class.view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
+
+
 def generator_losses(
     generator: nn.Module,
     discriminator: nn.Module,
@@ -241,6 +250,7 @@ def generator_losses(
     lambda_kld: float = 0.05,
     lambda_vgg: float = 10.0,
     lambda_l1: float = 0.0,
+    l1_balance: bool = False,
     diffaug: Sequence[str] = (),
     discriminator_kind: str = "patchgan",
 ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
@@ -251,7 +261,7 @@ def generator_losses(
     (with an encoder, x lambda_kld), ``g_vgg`` (with a perceptual loss, x lambda_vgg), ``g_l1``
     (mean absolute difference between fake and real, x lambda_l1, when > 0: pix2pix's
     reconstruction term, a pixel-level stand-in for the perceptual loss when no VGG weights are
-    at hand).
+    at hand; with ``l1_balance`` its pixels weighted by :func:`class_balance`).
     """
     terms: dict[str, Tensor] = {}
     z = None
@@ -270,7 +280,10 @@ def generator_losses(
     if vgg is not None:
         terms["g_vgg"] = vgg(fake, real) * lambda_vgg
     if lambda_l1 > 0:
-        terms["g_l1"] = (fake.float() - real.float()).abs().mean() * lambda_l1
+        error = (fake.float() - real.float()).abs()
+        if l1_balance:
+            error = error * class_balance(seg)
+        terms["g_l1"] = error.mean() * lambda_l1
     return sum(terms.values()), terms, fake
 
 

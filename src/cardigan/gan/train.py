@@ -132,6 +132,7 @@ def train_step(
         g_total, g_terms, fake = generator_losses(
             G, D_frozen, seg, real, encoder=E, vgg=vgg, lambda_feat=cfg.lambda_feat,
             lambda_kld=cfg.lambda_kld, lambda_vgg=cfg.lambda_vgg, lambda_l1=cfg.lambda_l1,
+            l1_balance=cfg.l1_balance,
             diffaug=diffaug, discriminator_kind=kind,
         )
     g_total.backward()

@@ -40,6 +40,7 @@ class TrainConfig:
     lambda_kld: float
     lambda_vgg: float
     lambda_l1: float
+    l1_balance: bool
     perceptual_weights: str | None
     diffaug: str
     lambda_labelmix: float
