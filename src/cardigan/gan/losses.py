@@ -229,15 +229,6 @@ def discriminate(discriminator: nn.Module, seg: Tensor, fake: Tensor, real: Tens
     return fake_preds, real_preds, seg, mixed, mix
 
 
-def class_balance(seg: Tensor) -> Tensor:
-    """(B, 1, H, W) pixel weights of mean 1 under which every class present in the one-hot
-    ``seg`` batch weighs the same in total, whatever its area (OASIS's class balancing)."""
-    counts = seg.float().sum(dim=(0, 2, 3))
-    present = counts > 0
-    per_class = torch.where(present, counts.sum() / (present.sum() * counts.clamp_min(1)), 0.0)
-    return (seg.float() * per_class.view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
-
-
 def generator_losses(
     generator: nn.Module,
     discriminator: nn.Module,
@@ -282,7 +273,7 @@ def generator_losses(
     if lambda_l1 > 0:
         error = (fake.float() - real.float()).abs()
         if l1_balance:
-            error = error * class_balance(seg)
+            error = error * class_balance(seg).unsqueeze(1)
         terms["g_l1"] = error.mean() * lambda_l1
     return sum(terms.values()), terms, fake
 
