@@ -57,7 +57,7 @@ def main() -> None:
     args = p.parse_args()
     args.ndf, args.num_D, args.label_nc, args.vae, args.z_dim = args.ngf, 2, 4, False, 256
     args.num_upsampling_layers, args.diffaug, args.discriminator = "normal", "", "patchgan"
-    args.background_classes = 0
+    args.background_classes, args.l1_balance = 0, None  # None: the schema's L1 balance
     device = torch.device(args.device)
     limit = args.cpu_limit if device.type == "cpu" else 1 << 16
     good, bad, batch = 0, None, args.start
