@@ -94,7 +94,8 @@ section() {  # section NAME SECONDS COMMAND...: time-boxed, output saved as it c
 BENCH=("$PY" bench/train_step.py --device "$DEV" --size "$SIZE" --ngf "$NF" --ndf "$NF"
        --spade-hidden "$HID" --n-layers-D "$NLD" --batch "$BATCH" --iters "$ITERS"
        --warmup "$WARM")
-section cuda_tests 40 "$PY" -m pytest -m cuda tests/test_cuda.py -q -rs
+# `-o addopts=`: the project's pytest options start xdist workers; the GPU image has no xdist.
+section cuda_tests 40 "$PY" -m pytest -o addopts= -m cuda tests/test_cuda.py -q -rs
 section iter_fp32 35 "${BENCH[@]}" --paths plain --flops --json "$OUT/iter_fp32.json"
 section iter_bf16 25 "${BENCH[@]}" --paths bf16 --flops --json "$OUT/iter_bf16.json"
 section iter_bf16_cl 30 "${BENCH[@]}" --paths optimised --flops --profile 15 \

@@ -8,6 +8,7 @@ the tests take copies of it (:func:`clone`, preserving mtimes and Snakemake's me
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -110,11 +111,21 @@ def planned_jobs(workdir: Path, *args: str, env: dict[str, str] | None = None) -
 def completed_run(base: Path) -> Path:
     """A complete tiny run, made once per pytest session under ``base`` (then reused).
 
+    Under pytest-xdist ``base`` is one worker's folder; the workers share one run in the folder
+    above it, made by the first that needs it while the others wait on a lock.
     Treat it as read-only: take a :func:`clone` to change anything.
     """
     if "tiny" not in _COMPLETED:
-        run_dir = copy_workflow(base / "tiny-complete")
-        snakemake(run_dir)
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            base = base.parent
+        run_dir, done = base / "tiny-complete", base / "tiny-complete.done"
+        with open(base / "tiny-complete.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not done.exists():
+                # A run that another worker left unfinished (its test failed) starts over.
+                shutil.rmtree(run_dir, ignore_errors=True)
+                snakemake(copy_workflow(run_dir))
+                done.touch()
         _COMPLETED["tiny"] = run_dir
     return _COMPLETED["tiny"]
 
