@@ -118,14 +118,14 @@ def completed_run(base: Path) -> Path:
     if "tiny" not in _COMPLETED:
         if os.environ.get("PYTEST_XDIST_WORKER"):
             base = base.parent
-        run_dir, done = base / "tiny-complete", base / "tiny-complete.done"
+        run_dir = base / "tiny-complete"
         with open(base / "tiny-complete.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if not done.exists():
-                # A run that another worker left unfinished (its test failed) starts over.
+            # The manifest is the run's last output: without it, a run that another worker left
+            # unfinished (its test failed) starts over.
+            if not (run_dir / "results" / "manifest.tsv").is_file():
                 shutil.rmtree(run_dir, ignore_errors=True)
                 snakemake(copy_workflow(run_dir))
-                done.touch()
         _COMPLETED["tiny"] = run_dir
     return _COMPLETED["tiny"]
 
