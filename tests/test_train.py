@@ -227,9 +227,10 @@ def test_fingerprint_covers_model_settings_and_data(data, tmp_path):
     # the half that every state trained before the key existed used
     assert "lr_decay_start" not in base["train"]
     assert "r1_gamma" not in base["train"] and "r1_every" not in base["train"]  # R1 off
+    assert "ema_warmup" not in base["train"]  # the warm-up before the key existed
     for change in ({"ngf": 8}, {"seed": 1}, {"batch_size": 2}, {"ema_decay": 0.99},
                    {"lambda_l1": 5.0}, {"lr_decay_start": 0.0}, {"r1_gamma": 1.0},
-                   {"l1_balance": False}):
+                   {"l1_balance": False}, {"ema_warmup": 4.0}):
         other = TrainConfig.from_dict({**TINY, **change})
         assert fingerprinted_settings(other, 64, h) != base, change
     for same in ({"epochs": 9}, {"log_every": 7}, {"device": "cpu"}, {"lambda_kld": 1.0},
@@ -285,6 +286,26 @@ def test_ema_update():
     assert ema_decay_at(0, 0.999) == pytest.approx(0.1)
     assert ema_decay_at(10**6, 0.999) == 0.999
     assert all(ema_decay_at(t, 0.99) <= ema_decay_at(t + 1, 0.99) for t in range(1000))
+    # a smaller warm-up k keeps more of the earlier updates: decay (1 + t) / (k + t)
+    assert ema_decay_at(0, 0.999, 4.0) == pytest.approx(0.25)
+    assert ema_decay_at(100, 0.999, 4.0) > ema_decay_at(100, 0.999, 10.0)
+    weights = ema_weights(300, 4.0)
+    assert weights.sum() == pytest.approx(1.0)
+    # the average's weight falls off like (s / T) ** (k - 1): the last third of a run of 300
+    # updates carries 1 - (2/3) ** 3 of it at k = 4, 1 - (2/3) ** 9 at k = 10
+    assert weights[200:].sum() == pytest.approx(1 - (2 / 3) ** 3, abs=0.01)
+    assert ema_weights(300, 10.0)[200:].sum() == pytest.approx(1 - (2 / 3) ** 9, abs=0.01)
+
+
+def ema_weights(total: int, warmup: float) -> np.ndarray:
+    """The weight of each update's model in the EMA after ``total`` updates (ema_update on
+    scalars: the initial weights' share is the remainder)."""
+    weights = np.zeros(total)
+    for t in range(total):
+        decay = ema_decay_at(t, 0.999, warmup)
+        weights *= decay
+        weights[t] += 1 - decay
+    return weights
 
 
 def test_ema_is_used_for_the_generator_file(baseline):

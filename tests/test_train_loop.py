@@ -189,3 +189,19 @@ def test_r1_every_few_iterations_in_the_loss_table(data, tmp_path):
     assert r1[0] > 0 and r1[1] == 0 and r1[2] > 0
     assert "d_r1" in loss_columns(TrainConfig.from_dict({**TINY, "r1_gamma": 1.0}))
     assert "d_r1" not in loss_columns(TrainConfig.from_dict(TINY))
+
+
+def test_the_ema_warm_up_changes_the_average_not_the_training(data, tmp_path):
+    """train.ema_warmup: the trained generator is the same, the EMA it keeps for sampling is
+    the average its warm-up asks for (a run on another warm-up is another training state)."""
+    runs = {k: _run(data, tmp_path / f"k{k}", ema_warmup=k) for k in (10, 3)}
+    g10, g3 = runs[10].generator.state_dict(), runs[3].generator.state_dict()
+    assert all(torch.equal(g10[k], g3[k]) for k in g10)
+    e10, e3 = runs[10].ema.state_dict(), runs[3].ema.state_dict()
+    floats = [k for k in e10 if e10[k].is_floating_point() and "weight" in k]
+    assert any(not torch.equal(e10[k], e3[k]) for k in floats)
+    assert runs[10].fingerprint != runs[3].fingerprint
+    # a wider average lies further from the last weights
+    def distance(ema, g):
+        return sum(float((ema[k] - g[k]).norm()) for k in floats)
+    assert distance(e3, g3) > distance(e10, g10)

@@ -34,6 +34,8 @@ def fingerprinted_settings(cfg: TrainConfig, image_size: int, data_hash: str) ->
     if not cfg.r1_gamma:
         settings.pop("r1_gamma")  # off: the fingerprint of states trained before it existed
         settings.pop("r1_every")
+    if settings["ema_warmup"] == 10:
+        settings.pop("ema_warmup")  # the warm-up that states trained before it existed used
     if settings["lr_decay_start"] == 0.5:
         settings.pop("lr_decay_start")  # the half that states trained before it existed used
     model = cfg.model_config(image_size).to_dict()

@@ -50,9 +50,11 @@ def lr_factor(step: int, total_steps: int, decay_start: int) -> float:
     return max(0.0, (total_steps - step) / max(1, total_steps - decay_start))
 
 
-def ema_decay_at(update: int, decay: float) -> float:
-    """EMA decay for the ``update``-th (0-based) update, with warm-up."""
-    return min(decay, (1.0 + update) / (10.0 + update))
+def ema_decay_at(update: int, decay: float, warmup: float = 10.0) -> float:
+    """EMA decay for the ``update``-th (0-based) update, with warm-up: ``min(decay, (1 + t) /
+    (warmup + t))``, so the average's weight on update s at update T > s falls off about like
+    ``(s / T) ** (warmup - 1)`` until the plain decay takes over."""
+    return min(decay, (1.0 + update) / (warmup + update))
 
 
 @torch.no_grad()
@@ -217,7 +219,8 @@ class TrainingState:
         """After a train step: lr schedules, EMA, loss log, iteration count."""
         self.sched_G.step()
         self.sched_D.step()
-        ema_update(self.ema, self.G, ema_decay_at(self.step, self.cfg.ema_decay))
+        decay = ema_decay_at(self.step, self.cfg.ema_decay, self.cfg.ema_warmup)
+        ema_update(self.ema, self.G, decay)
         self.losses.add(terms)
         self.step += 1
 

@@ -45,8 +45,8 @@ Choices worth knowing:
   The last incomplete batch of an epoch is dropped.
 - **lr.** Adam with the two time-scale rule; constant for the first ``lr_decay_start`` share of
   the epochs (whole epochs), then linear decay per iteration to zero at the end.
-- **EMA** with the usual warm-up, decay ``min(ema_decay, (1 + t) / (10 + t))`` at update t, so a
-  short run's average is not dominated by the random initial weights.
+- **EMA** with the usual warm-up, decay ``min(ema_decay, (1 + t) / (ema_warmup + t))`` at update
+  t, so a short run's average is not dominated by the random initial weights.
 - The discriminator update reuses the generator update's (detached) fake batch instead of running
   the generator a second time (pix2pixHD's order; the reference regenerates it): one generator
   forward per iteration instead of two.

@@ -47,6 +47,7 @@ class TrainConfig:
     r1_gamma: float
     r1_every: int
     ema_decay: float
+    ema_warmup: float
     amp: bool
     channels_last: bool
     compile: bool
