@@ -283,9 +283,9 @@ def test_ema_update():
     ema_update(a, b, 0.9)
     assert torch.allclose(a.weight, 0.9 * w_a + 0.1 * w_b)
     assert torch.equal(a.u, torch.ones(2))  # buffers copied
-    assert ema_decay_at(0, 0.999) == pytest.approx(0.1)
-    assert ema_decay_at(10**6, 0.999) == 0.999
-    assert all(ema_decay_at(t, 0.99) <= ema_decay_at(t + 1, 0.99) for t in range(1000))
+    assert ema_decay_at(0, 0.999, 10.0) == pytest.approx(0.1)
+    assert ema_decay_at(10**6, 0.999, 10.0) == 0.999
+    assert all(ema_decay_at(t, 0.99, 10.0) <= ema_decay_at(t + 1, 0.99, 10.0) for t in range(1000))
     # a smaller warm-up k keeps more of the earlier updates: decay (1 + t) / (k + t)
     assert ema_decay_at(0, 0.999, 4.0) == pytest.approx(0.25)
     assert ema_decay_at(100, 0.999, 4.0) > ema_decay_at(100, 0.999, 10.0)

@@ -50,7 +50,7 @@ def lr_factor(step: int, total_steps: int, decay_start: int) -> float:
     return max(0.0, (total_steps - step) / max(1, total_steps - decay_start))
 
 
-def ema_decay_at(update: int, decay: float, warmup: float = 10.0) -> float:
+def ema_decay_at(update: int, decay: float, warmup: float) -> float:
     """EMA decay for the ``update``-th (0-based) update, with warm-up: ``min(decay, (1 + t) /
     (warmup + t))``, so the average's weight on update s at update T > s falls off about like
     ``(s / T) ** (warmup - 1)`` until the plain decay takes over."""
